@@ -1,0 +1,3 @@
+from omnittt.cli import main
+
+main()

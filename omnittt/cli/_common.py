@@ -1,0 +1,48 @@
+"""What every command shares: the error convention (one red line + the fix, exit 2; tracebacks with
+--verbose) and the not-landed placeholder. Commands import torch/transformers inside their bodies."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from omnittt.console import err_console
+from omnittt.errors import NotLandedError, UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+state = {"verbose": False}
+
+
+def report_user_error(exc: UserError) -> None:
+    fix = f" [dim]Fix:[/dim] {exc.fix}" if exc.fix else ""
+    err_console.print(f"[bold red]error:[/bold red] {exc.message}{fix}", soft_wrap=True, markup=True)
+
+
+def handle_errors(func: F) -> F:
+    """Turn a `UserError` into one red line and exit code 2 (a traceback only with --verbose)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            if state["verbose"]:
+                raise
+            report_user_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_landed(command: str, issue: int) -> None:
+    raise NotLandedError(
+        f"`omnittt {command}` is not available yet (tracked in issue #{issue})",
+        fix="use a newer omnittt, or follow the issue",
+    )

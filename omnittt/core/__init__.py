@@ -1,0 +1,58 @@
+"""Pure model code: TTT ops, layers and cache, TTT Llama, the speech model, presets, tokenizer, prompt
+builder and speech arithmetic. No file I/O beyond from_pretrained/save_pretrained-style loading, no CLI,
+no printing.
+
+Names are imported lazily so that `import omnittt.core` stays cheap for the parts that need no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module (relative to omnittt.core) that defines it
+_EXPORTS: dict[str, str] = {
+    # constants
+    "SPEECH_TOKEN_INDEX": "constants",
+    "IGNORE_INDEX": "constants",
+    "DEFAULT_SPEECH_TOKEN": "constants",
+    "SYSTEM_PROMPT": "constants",
+    # speech arithmetic
+    "SAMPLE_RATE": "speech",
+    "SEGMENT_SAMPLES": "speech",
+    "split_segments": "speech",
+    "segment_positions": "speech",
+    "speech_positions": "speech",
+    "sample_positions": "speech",
+    "padding_for": "speech",
+    "padded_positions": "speech",
+    # tokenizer
+    "build_default_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "tokenizer_fingerprint": "tokenizer",
+    "tokenizer_settings": "tokenizer",
+    "chat_tokens": "tokenizer",
+    # prompt builder
+    "Exchange": "prompt",
+    "PromptBuilder": "prompt",
+    "PromptSample": "prompt",
+    "pair_turns": "prompt",
+    "concatenate": "prompt",
+    "decode_with_speech": "prompt",
+    "render_conversation": "prompt",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'omnittt.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"omnittt.core.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

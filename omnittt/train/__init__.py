@@ -1,0 +1,1 @@
+"""Training loop (accelerate), optimiser groups, checkpoint save/load, run directory, export."""
