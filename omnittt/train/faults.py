@@ -1,0 +1,27 @@
+"""Fault injection for crash tests: `OMNITTT_FAULT_AT=phase` or `phase@step` makes the process die at that point
+as abruptly as a kill (no cleanup, no `finally`), so tests see what a real crash leaves on disk.
+
+Phases: `checkpoint:after_temp_write` (the temp folder is complete, not renamed), `checkpoint:after_rename` (the
+folder is in place, `latest` not updated), `checkpoint:after_latest` (committed, not pruned), `step` (after an
+optimizer step's metrics line).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+FAULT_ENV = "OMNITTT_FAULT_AT"
+FAULT_EXIT_CODE = 86
+
+
+def fault_point(phase: str, step: int | None = None) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, at = spec.partition("@")
+    if name != phase or (at and step is not None and int(at) != step):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(FAULT_EXIT_CODE)
