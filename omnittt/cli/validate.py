@@ -1,23 +1,83 @@
-"""`omnittt validate` (issue #9 has not landed yet)."""
+"""`omnittt validate`: check a processed dataset and show a table of checks with their first offenders."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors, not_landed
+from omnittt.cli._common import handle_errors
 
 HELP = """Check a processed dataset: structure, audio, alignment, labels, tokens.
 
-Example: [bold]omnittt validate processed_data --sample-size 1000[/bold]"""
+Structural checks (index, conversations, settings) always cover every sample; per-sample checks cover all
+samples or a seeded --sample-size. Exit code 0: clean (warnings allowed), 1: errors found, 2: could not run.
+
+Example: [bold]omnittt validate processed_data --sample-size 1000 --output report.json[/bold]"""
+
+SHOWN_OFFENDERS = 3
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "validate", help=HELP, short_help="Check a processed dataset: structure, audio, alignment, labels, tokens.",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
+    @app.command("validate", help=HELP,
+                 short_help="Check a processed dataset: structure, audio, alignment, labels, tokens.")
     @handle_errors
-    def command(ctx: typer.Context) -> Any:
-        not_landed("validate", 9)
+    def command(
+        data_dir: Path = typer.Argument(Path("processed_data"), help="The processed dataset directory."),
+        sample_size: int = typer.Option(None, "--sample-size", "-n", help="Check this many samples (seeded); "
+                                        "default: all. Structural checks always cover everything."),
+        seed: int = typer.Option(0, "--seed", help="Seed for choosing --sample-size samples."),
+        output: Path = typer.Option(None, "--output", "-o", help="Write the full report as JSON here."),
+        workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: one per core)."),
+    ) -> Any:
+        from omnittt.atomic import atomic_write_json
+        from omnittt.console import console, make_progress
+        from omnittt.data.validate import validate_dataset
+
+        with make_progress(transient=True) as progress:
+            task = progress.add_task("checking samples", total=None)
+            report = validate_dataset(
+                data_dir, sample_size=sample_size, seed=seed, workers=workers,
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        render(report, console)
+        if output is not None:
+            atomic_write_json(output, report.to_dict())
+            console.print(f"report written to [bold]{output}[/bold]")
+        raise typer.Exit(0 if report.ok else 1)
+
+
+def render(report: Any, console: Any) -> None:
+    from rich.table import Table
+
+    colours = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    table = Table(title=f"validate {report.data_dir} ({report.format})", title_justify="left")
+    for column, justify in (("check", "left"), ("status", "left"), ("pass", "right"), ("warn", "right"),
+                            ("fail", "right"), ("first offenders", "left")):
+        table.add_column(column, justify=justify, overflow="fold")
+    for name, check in report.checks.items():
+        colour = colours[check.status]
+        shown = [f"[{colours[o['level']]}]{o['item']}[/]: {o['message']}" for o in check.offenders[:SHOWN_OFFENDERS]]
+        more = check.failed + check.warned - len(shown)
+        if more > 0:
+            shown.append(f"[dim]... {more} more[/dim]")
+        table.add_row(name, f"[{colour}]{check.status}[/]", str(check.passed), str(check.warned),
+                      str(check.failed), "\n".join(shown) or f"[dim]{check.description}[/dim]")
+    console.print(table)
+    stats = report.token_stats
+    if stats:
+        pos = stats["positions"]
+        console.print(
+            f"positions per exchange: median {pos['median']:.0f}, p95 {pos['p95']:.0f}, max {pos['max']:.0f}; "
+            f"total {stats['total_positions']:,} positions, {stats['total_trained_tokens']:,} trained tokens, "
+            f"{stats['total_speech_hours']:.3f} h speech; {stats['outliers']} length outliers"
+        )
+    sampled = "" if report.checked_samples == report.total_samples else f" (seed {report.seed})"
+    verdict = ("[bold green]clean[/bold green]" if report.ok and not report.warnings
+               else "[bold yellow]clean, with warnings[/bold yellow]" if report.ok
+               else f"[bold red]{report.errors} error(s)[/bold red]")
+    console.print(
+        f"{verdict}: {report.checked_samples:,} of {report.total_samples:,} samples checked{sampled} in "
+        f"{report.elapsed_sec:.1f} s ({report.samples_per_sec:,.0f} samples/s, {report.workers} worker(s))"
+    )
