@@ -1,0 +1,245 @@
+"""Runtime TTT-state statistics and training metrics, written as versioned JSONL lines into the run directory.
+
+`TTTStateLogger` turns what the TTT layers leave in `cache.layers[i].stats` (with `collect_ttt_stats=True`, the
+stats contract in CONTRACTS.md) into one `ttt_state.jsonl` line per TTT layer. It logs the *runtime* fast weights
+(the seed's monitor logged the learned initial weights, which hardly move, so its charts showed nothing). Norms come
+from the cache's live state so that they are never stale: after a `reset` a layer reports its learned init again.
+The trainer asks `wants(step)` to decide whether to pass `collect_ttt_stats=True` on that step.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnittt.inspect.fp32 import find_ttt_modules
+from omnittt.inspect.health import ttt_cache_layers
+from omnittt.inspect.jsonl import JsonlWriter
+from omnittt.inspect.schemas import (
+    FINISHED_EVENT,
+    METRICS_FILE,
+    SCHEMA_VERSION,
+    STATE_NAMES,
+    TTT_STATE_FILE,
+    TTT_STATE_OPTIONAL,
+    TTT_STATE_REQUIRED,
+)
+
+DEFAULT_STATS_INTERVAL = 10  # optimizer steps between ttt_state.jsonl entries
+_RESERVED = frozenset(TTT_STATE_REQUIRED) | frozenset(TTT_STATE_OPTIONAL) | {"init_norm"}
+
+
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _row_norms(tensor: torch.Tensor) -> torch.Tensor:
+    """Frobenius norm per batch row over all heads, in float32."""
+    return torch.linalg.vector_norm(tensor.detach().flatten(1), dim=1, dtype=torch.float32)
+
+
+def _stats_are_current(stats: dict[str, Any], layer: Any) -> bool:
+    """Stats describe the last call; after a reset (or a call without collect_ttt_stats) they are stale."""
+    logged = stats.get("stream_position")
+    current = getattr(layer, "stream_position", None)
+    if not isinstance(logged, torch.Tensor) or not isinstance(current, torch.Tensor):
+        return True
+    return logged.shape == current.shape and bool(torch.equal(logged.to(current.device), current))
+
+
+def _with_reset_rows(state: dict[str, torch.Tensor], reset_rows: Any,
+                     init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Rows reset individually hold their old state until the layer's next forward swaps in the learned init;
+    report them as the init they already are."""
+    if not isinstance(reset_rows, torch.Tensor) or not bool(reset_rows.any()) or not init:
+        return state
+    result = {}
+    for name, tensor in state.items():
+        if name not in init:
+            result[name] = tensor
+            continue
+        mask = reset_rows.to(tensor.device).reshape(-1, *[1] * (tensor.dim() - 1))
+        result[name] = torch.where(mask, init[name].detach().to(tensor.dtype).expand_as(tensor), tensor)
+    return result
+
+
+def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
+    """The ttt_state fields of one TTT cache layer (without schema/step/time), or None when the layer holds no
+    state and no learned init is known."""
+    state = {k: v for k, v in (getattr(layer, "state", None) or {}).items() if isinstance(v, torch.Tensor)}
+    stats = getattr(layer, "stats", None) or {}
+    if stats and not _stats_are_current(stats, layer):
+        stats = {}
+    position = getattr(layer, "stream_position", None)
+    if state:
+        source = "stats" if stats else "state"
+        tensors = _with_reset_rows(state, getattr(layer, "reset_rows", None), init)
+    elif init:
+        # no runtime state yet (fresh cache or full reset): the state *is* the learned init
+        source = "init"
+        rows = position.numel() if isinstance(position, torch.Tensor) and position.numel() else 1
+        tensors = {k: v.detach().unsqueeze(0).expand(rows, *v.shape) for k, v in init.items()}
+    else:
+        return None
+    names = [name for name in STATE_NAMES if name in tensors]
+
+    # gather everything into one vector so a GPU run pays a single device-to-host copy per layer
+    parts: list[torch.Tensor] = []
+    for name in names:
+        logged = stats.get(f"{name}_norm")
+        parts.append(logged.detach().float().reshape(-1) if isinstance(logged, torch.Tensor)
+                     else _row_norms(tensors[name]))
+    device = parts[0].device
+    rows = parts[0].numel()
+    deltas = [name for name in names if isinstance(stats.get(f"{name}_delta"), torch.Tensor)]
+    scalars = [key for key in ("inner_loss_before", "inner_loss_after", "mean_lr")
+               if isinstance(stats.get(key), torch.Tensor)]
+    for name in deltas:
+        parts.append(stats[f"{name}_delta"].detach().float().reshape(-1).to(device))
+    for key in scalars:
+        parts.append(stats[key].detach().float().reshape(-1).to(device))
+    for name in names:
+        data = tensors[name].detach()
+        parts.append(torch.stack([torch.isnan(data).sum(), torch.isinf(data).sum()]).float().to(device))
+    flat = torch.cat(parts).cpu()
+
+    offset = 0
+
+    def take(n: int) -> torch.Tensor:
+        nonlocal offset
+        chunk = flat[offset:offset + n]
+        offset += n
+        return chunk
+
+    norm_rows = {name: take(rows) for name in names}
+    delta_rows = {name: take(stats[f"{name}_delta"].numel()) for name in deltas}
+    scalar_rows = {key: take(stats[key].numel()) for key in scalars}
+    counts = {name: take(2) for name in names}
+
+    record: dict[str, Any] = {
+        "layer": layer_idx,
+        "kind": "mlp" if "W2" in names else "linear",
+        "source": source,
+        "rows": rows,
+        "norm": {name: float(v.mean()) for name, v in norm_rows.items()},
+        "norm_max": {name: float(v.max()) for name, v in norm_rows.items()},
+        "delta": {name: float(v.mean()) for name, v in delta_rows.items()},
+        "dtype": {name: _dtype_name(tensors[name].dtype) for name in names},
+    }
+    for key, values in scalar_rows.items():
+        record[key] = float(values.mean())
+    if isinstance(position, torch.Tensor) and position.numel():
+        record["stream_position"] = int(position.max())
+    nan = {name: int(c[0]) for name, c in counts.items()}
+    inf = {name: int(c[1]) for name, c in counts.items()}
+    record["nan"] = sum(nan.values())
+    record["inf"] = sum(inf.values())
+    record["nonfinite"] = [name for name in names if nan[name] or inf[name]
+                           or not torch.isfinite(norm_rows[name]).all()]
+    if init:
+        record["init_norm"] = {name: float(torch.linalg.vector_norm(init[name].detach(), dtype=torch.float32))
+                               for name in names if name in init}
+    return record
+
+
+def learned_inits(model: torch.nn.Module | None) -> dict[int, dict[str, torch.Tensor]]:
+    """layer index -> the TTT module's learned initial state parameters (W1 b1 W2 b2 present on it)."""
+    if model is None:
+        return {}
+    inits = {}
+    for _, module in find_ttt_modules(model):
+        layer_idx = getattr(module, "layer_idx", None)
+        if layer_idx is None:
+            continue
+        inits[layer_idx] = {name: getattr(module, name) for name in STATE_NAMES
+                            if isinstance(getattr(module, name, None), torch.Tensor)}
+    return inits
+
+
+def collect_ttt_records(cache: Any, step: int, model: torch.nn.Module | None = None,
+                        extra: dict[str, Any] | None = None, now: float | None = None) -> list[dict[str, Any]]:
+    """One ttt_state record per TTT layer of `cache` (see docs/jsonl_schemas.md)."""
+    extra = dict(extra or {})
+    clash = _RESERVED & extra.keys()
+    if clash:
+        raise ValueError(f"extra fields {sorted(clash)} would overwrite ttt_state fields")
+    inits = learned_inits(model)
+    stamp = time.time() if now is None else now
+    records = []
+    for layer_idx, layer in ttt_cache_layers(cache):
+        fields = layer_record(layer_idx, layer, inits.get(layer_idx))
+        if fields is not None:
+            records.append({"schema": SCHEMA_VERSION, "step": step, "time": stamp, **fields, **extra})
+    return records
+
+
+class TTTStateLogger:
+    """Writes `RUN_DIR/ttt_state.jsonl`: every `interval` steps, one line per TTT layer of the cache.
+
+    `model` (optional) lets the logger report the learned init's norms beside the runtime ones and log a layer
+    whose state is still the init (fresh or fully reset cache)."""
+
+    def __init__(self, run_dir: str | os.PathLike, interval: int = DEFAULT_STATS_INTERVAL,
+                 model: torch.nn.Module | None = None) -> None:
+        if interval < 1:
+            raise ValueError("interval must be >= 1")
+        self.path = Path(run_dir) / TTT_STATE_FILE
+        self.interval = interval
+        self.model = model
+        self.writer = JsonlWriter(self.path)
+
+    def wants(self, step: int) -> bool:
+        """True on the steps that are logged: pass `collect_ttt_stats=True` to the model on them."""
+        return step % self.interval == 0
+
+    def log(self, step: int, cache: Any, extra: dict[str, Any] | None = None,
+            force: bool = False) -> list[dict[str, Any]]:
+        """Write the records of this step (when `wants(step)` or `force`); returns what was written."""
+        if not (force or self.wants(step)):
+            return []
+        records = collect_ttt_records(cache, step, self.model, extra)
+        self.writer.write_many(records)
+        return records
+
+    __call__ = log
+
+    def drop_after(self, step: int) -> int:
+        """Forget lines after `step` (resuming from a checkpoint at `step` repeats them)."""
+        return self.writer.drop_where(lambda record: _step_of(record) > step)
+
+
+class MetricsLogger:
+    """Writes `RUN_DIR/metrics.jsonl`: one line per optimizer step, and a last `finished` line."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        self.writer = JsonlWriter(self.path)
+
+    def log(self, step: int, loss: float, lr: float | None = None, tokens_per_s: float | None = None,
+            **fields: Any) -> dict[str, Any]:
+        record = {"schema": SCHEMA_VERSION, "step": step, "time": time.time(), "loss": float(loss)}
+        if lr is not None:
+            record["lr"] = float(lr)
+        if tokens_per_s is not None:
+            record["tokens_per_s"] = float(tokens_per_s)
+        record.update({key: value for key, value in fields.items() if value is not None})
+        self.writer.write(record)
+        return record
+
+    def finish(self, step: int) -> None:
+        """Mark the run complete (the monitor then stops expecting steps and shows no stall alert)."""
+        self.writer.write({"schema": SCHEMA_VERSION, "step": step, "time": time.time(), "event": FINISHED_EVENT})
+
+    def drop_after(self, step: int) -> int:
+        """Forget lines after `step` and the `finished` mark, before resuming from a checkpoint at `step`."""
+        return self.writer.drop_where(
+            lambda record: _step_of(record) > step or record.get("event") == FINISHED_EVENT)
+
+
+def _step_of(record: dict[str, Any]) -> int:
+    step = record.get("step")
+    return step if isinstance(step, int) else -1

@@ -1,0 +1,71 @@
+"""Builders of `metrics.jsonl` / `ttt_state.jsonl` lines in the documented schema (docs/jsonl_schemas.md), for the
+reader and monitor tests. The model-backed tests write through the real `TTTStateLogger` instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from omnittt.inspect.jsonl import JsonlWriter, dumps_line
+from omnittt.inspect.schemas import METRICS_FILE, TTT_STATE_FILE
+
+
+def metrics_line(step: int, loss: float = 2.0, time: float | None = None, **extra: Any) -> dict[str, Any]:
+    record = {"schema": 1, "step": step, "time": 1000.0 + step if time is None else time, "loss": loss,
+              "lr": 1e-4, "tokens_per_s": 800.0 + step, "stage": "8k", "total_steps": 100}
+    record.update(extra)
+    return record
+
+
+def ttt_line(step: int, layer: int, w1: float = 1.0, w2: float = 2.0, dtype: str = "float32",
+             **extra: Any) -> dict[str, Any]:
+    record = {
+        "schema": 1, "step": step, "time": 1000.0 + step, "layer": layer, "kind": "mlp", "source": "stats",
+        "rows": 2, "norm": {"W1": w1, "b1": 0.1, "W2": w2, "b2": 0.2},
+        "delta": {"W1": 0.01, "b1": 0.001, "W2": 0.02, "b2": 0.002},
+        "dtype": {"W1": dtype, "b1": "float32", "W2": "float32", "b2": "float32"},
+        "inner_loss_before": 0.5, "inner_loss_after": 0.4, "mean_lr": 0.01, "nan": 0, "inf": 0, "nonfinite": [],
+    }
+    record.update(extra)
+    return record
+
+
+class RunWriter:
+    """Appends lines to a run directory the way a training process does."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics = JsonlWriter(run_dir / METRICS_FILE)
+        self.ttt = JsonlWriter(run_dir / TTT_STATE_FILE)
+
+    def step(self, step: int, layers=(2, 3), **ttt_extra: Any) -> None:
+        self.metrics.write(metrics_line(step, loss=3.0 / step))
+        self.ttt.write_many([ttt_line(step, layer, w1=1.0 + 0.01 * step, **ttt_extra) for layer in layers])
+
+    def partial_ttt(self, record: dict[str, Any], cut: int) -> str:
+        """Write the first `cut` characters of a line (a writer caught mid-line); returns the rest."""
+        text = dumps_line(record)
+        with (self.run_dir / TTT_STATE_FILE).open("a") as handle:
+            handle.write(text[:cut])
+        return text[cut:]
+
+    def append_raw_ttt(self, text: str) -> None:
+        with (self.run_dir / TTT_STATE_FILE).open("a") as handle:
+            handle.write(text)
+
+
+@pytest.fixture
+def run_writer(tmp_path):
+    return RunWriter(tmp_path / "tiny-run")
+
+
+class Lines:
+    metrics = staticmethod(metrics_line)
+    ttt = staticmethod(ttt_line)
+
+
+@pytest.fixture
+def lines():
+    return Lines
