@@ -1,23 +1,157 @@
-"""`omnittt preprocess` (issue #7 has not landed yet)."""
+"""`omnittt preprocess`: a raw corpus -> a processed dataset of exchange samples (omnittt/data/preprocess.py)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors, not_landed
+from omnittt.cli._common import handle_errors
 
-HELP = """Turn a raw corpus into a processed dataset of exchange samples.
+HELP = """Turn a raw corpus into a processed dataset of exchange samples (one sample per user turn + reply).
 
-Example: [bold]omnittt preprocess deepdialogue ./deepdialogue-xtts --output processed_data[/bold]"""
+SOURCE is [bold]deepdialogue[/bold] (DeepDialogue-xtts: repo root, data/ or one dialogues_* folder),
+[bold]synthetic[/bold] (made by `omnittt download synthetic`) or [bold]conversations[/bold]
+(conversations/<id>/turn_N.wav + turn_N.txt + metadata.json; see docs/data_format.md). INPUT defaults to
+where `omnittt download SOURCE` puts the corpus. Broken files are reported in errors.jsonl and skipped; a
+killed run resumes when rerun with the same flags.
+
+Example: [bold]omnittt preprocess deepdialogue ./deepdialogue-xtts --output processed_data --workers 8[/bold]"""
+
+SHOWN_ERRORS = 5
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "preprocess", help=HELP, short_help="Turn a raw corpus into a processed dataset of exchange samples.",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
+    @app.command("preprocess", help=HELP,
+                 short_help="Turn a raw corpus into a processed dataset of exchange samples.")
     @handle_errors
-    def command(ctx: typer.Context) -> Any:
-        not_landed("preprocess", 7)
+    def command(
+        source: str = typer.Argument(..., help="deepdialogue, synthetic or conversations."),
+        input_dir: Path = typer.Argument(None, help="The corpus folder (default: where `download` puts it).",
+                                         show_default=False),
+        output: Path = typer.Option(Path("processed_data"), "--output", "-o", help="Dataset folder to write."),
+        tokenizer: Path = typer.Option(None, "--tokenizer", help="Local Hugging Face tokenizer folder "
+                                       "(default: the built-in offline tokenizer).", show_default=False),
+        fmt: str = typer.Option("pt", "--format", help="pt (one .pt per sample) or arrow."),
+        task: str = typer.Option("dialogue", "--task", help="dialogue (user speech -> assistant text) or "
+                                 "asr (every turn is speech, its transcript the target)."),
+        user_speaker: str = typer.Option(None, "--user-speaker", help="Speaker that is the user in the "
+                                         "dialogue task (deepdialogue: LLM1; conversations: the first "
+                                         "speaker).", show_default=False),
+        max_dialogues: int = typer.Option(None, "--max-dialogues", help="Process at most N dialogues.",
+                                          show_default=False),
+        skip: int = typer.Option(0, "--skip", help="Skip the first N dialogues (in sorted id order)."),
+        workers: int = typer.Option(None, "--workers", "-j", help="Worker processes (default: all cores).",
+                                    show_default=False),
+        mini_batch_size: int = typer.Option(64, "--mini-batch-size", help="TTT mini-batch size b: every "
+                                            "sample is padded to a multiple of it."),
+        speech_positions: str = typer.Option("trim", "--speech-positions", help="trim (10 positions/s) or "
+                                             "full (300 per segment, as the released LLaMA-Omni)."),
+        split_at_holes: bool = typer.Option(False, "--split-at-holes", help="Keep the exchanges after a "
+                                            "bad one as a separate conversation instead of dropping them."),
+        strict: bool = typer.Option(False, "--strict", help="Stop with exit 2 at the first skipped input."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --output."),
+    ) -> Any:
+        from omnittt.data.preprocess import PreprocessOptions, plan, run
+
+        options = PreprocessOptions(
+            source=source, input_dir=None if input_dir is None else str(input_dir), output=str(output),
+            tokenizer=None if tokenizer is None else str(tokenizer), format=fmt, task=task,
+            user_speaker=user_speaker, max_dialogues=max_dialogues, skip=skip,
+            workers=workers if workers is not None else (os.cpu_count() or 1),
+            mini_batch_size=mini_batch_size, speech_positions=speech_positions,
+            split_at_holes=split_at_holes, strict=strict, overwrite=overwrite,
+        )
+        the_plan = plan(options)
+        _print_plan(the_plan)
+        summary = _run_with_progress(the_plan, run)
+        _print_summary(summary)
+        if summary.stats.get("samples", 0) == 0:
+            raise typer.Exit(1)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _print_plan(plan: Any) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from omnittt.console import console
+
+    s, o = plan.settings, plan.options
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("input", f"{plan.root} ({o.source}: {plan.found} dialogues, {len(plan.refs)} selected)")
+    grid.add_row("output", f"{plan.output} (--format {o.format})")
+    grid.add_row("tokenizer", f"{s['tokenizer_name']}  vocab {s['vocab_size']}  fingerprint "
+                 f"{s['tokenizer_fingerprint'][:12]}  pad id {s['pad_token_id']}")
+    grid.add_row("settings", f"task {s['task']}  user speaker {s['user_speaker'] or '(first speaker)'}  "
+                 f"mini-batch {s['mini_batch_size']}  speech positions {s['speech_positions']}  "
+                 f"{'split at holes' if s['split_at_holes'] else 'truncate at holes'}  workers {o.workers}")
+    if plan.estimate_bytes is not None:
+        grid.add_row("estimate", f"~{_size(plan.estimate_bytes)} on disk, ~{plan.estimate_speech_sec / 3600:.2f} h "
+                     "of user speech (from the headers of a few dialogues)")
+    if plan.done:
+        grid.add_row("resume", f"{plan.done} of {len(plan.refs)} dialogues already done: continuing")
+    console.print(Panel(grid, title="omnittt preprocess", expand=False))
+
+
+def _run_with_progress(plan: Any, run: Any) -> Any:
+    from rich.progress import TextColumn
+
+    from omnittt.console import make_progress
+
+    shown = [0]
+    with make_progress(TextColumn("{task.fields[hours]:.2f} h speech"),
+                       TextColumn("{task.fields[xrt]:.0f}x real time")) as progress:
+        def on_error(err: dict[str, Any]) -> None:
+            shown[0] += 1
+            if shown[0] <= SHOWN_ERRORS:
+                progress.console.print(f"[yellow]skip[/yellow] {err['path']}: {err['reason']}"
+                                       f"{' (' + err['detail'] + ')' if err.get('detail') else ''}",
+                                       soft_wrap=True, markup=True, highlight=False)
+        summary = run(plan, progress, on_error=on_error)
+    if shown[0] > SHOWN_ERRORS:
+        from omnittt.console import console
+
+        console.print(f"[yellow]... {shown[0] - SHOWN_ERRORS} more skips in errors.jsonl[/yellow]")
+    return summary
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+
+    st = summary.stats
+    table = Table(title="preprocess summary" + (" (already complete)" if summary.already_complete else ""),
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("dialogues", f"{st['dialogues']} ({st['dialogues_with_samples']} with samples)")
+    table.add_row("conversations", str(st["conversations"]))
+    table.add_row("samples (exchanges)", str(st["samples"]))
+    table.add_row("user speech", f"{st['speech_hours']:.3f} h")
+    pad = st["padding_tokens"] / st["total_tokens"] if st["total_tokens"] else 0.0
+    table.add_row("positions", f"{st['total_tokens']:,} ({pad:.1%} alignment padding)")
+    table.add_row("converted files", f"{st['converted_files']} (resampled / downmixed to 16 kHz mono)")
+    table.add_row("clipped samples", str(st["clipped_samples"]))
+    for reason, count in st["skipped"].items():
+        table.add_row(f"skipped: {reason}", f"[yellow]{count}[/yellow]")
+    if st.get("resumed_from_dialogue"):
+        table.add_row("resumed from", f"dialogue {st['resumed_from_dialogue']}")
+    table.add_row("time", f"{st['elapsed_sec']:.1f} s ({st['x_real_time'] or 0:.0f}x real time)")
+    size = sum(p.stat().st_size for p in Path(summary.output).rglob("*") if p.is_file())
+    table.add_row("output", f"{summary.output} ({_size(size)})")
+    if st["errors"]:
+        table.add_row("details", str(Path(summary.output) / "errors.jsonl"))
+    console.print(table)

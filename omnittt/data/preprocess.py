@@ -1,0 +1,606 @@
+"""`omnittt preprocess`: a corpus -> a processed dataset of exchange samples (DESIGN.md "Conversations,
+exchanges, samples" and "data: on disk"; the format is in docs/data_format.md).
+
+How it stays correct when things go wrong:
+- Bad input never stops the run (unless --strict): every skipped dialogue, turn or file gets a line in
+  errors.jsonl with a reason; a bad exchange truncates its conversation there (the later exchanges are
+  reported `after_hole`), or, with --split-at-holes, the later exchanges form a new conversation `<id>#2`.
+- Workers only compute; the main process writes, in input order, so sample ids follow input order whatever
+  the worker count. Each dialogue's samples are written atomically, then one line is appended to the journal
+  (`.preprocess/journal.jsonl`). A rerun after a kill reads the journal (dropping a torn last line), skips the
+  dialogues it holds and continues with the next sample id: it ends with exactly the samples of an
+  uninterrupted run. The index files are written atomically from the journal at the end, index.json last.
+- Crash tests inject faults through `OMNITTT_FAULT_AT=phase:n[,phase:n]` (phases: `sample` after the n-th
+  sample file, `rename` between a sample's temp write and its rename, `journal` in the middle of the n-th
+  journal line, `finalize` after the n-th index file); `OMNITTT_FAULT_MODE=kill` makes the fault a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from omnittt.atomic import atomic_directory, atomic_write_json
+from omnittt.config import Settings
+from omnittt.core.constants import ASSISTANT_ROLE, IGNORE_INDEX, USER_ROLE
+from omnittt.core.prompt import Exchange, PromptBuilder, pair_turns
+from omnittt.core.speech import SAMPLE_RATE, SPEECH_POSITION_MODES, padding_for, sample_positions, split_segments
+from omnittt.data import store
+from omnittt.data.audio import AudioError, audio_info, load_audio
+from omnittt.data.conversation import Conversation
+from omnittt.data.sources import DEFAULT_USER_SPEAKER, ConversationRef, get_source, resolve_input
+from omnittt.errors import UserError
+
+TASKS = ("dialogue", "asr")
+STATE_DIR = ".preprocess"
+JOURNAL = "journal.jsonl"
+ESTIMATE_DIALOGUES = 24  # dialogues read (evenly spread) to estimate the output size
+# Problems of an assistant turn that make its text unusable (other assistant-turn problems concern its audio,
+# which the dialogue task does not use).
+_TEXT_PROBLEMS = ("bad_turn", "path_outside_input")
+
+
+@dataclasses.dataclass
+class PreprocessOptions(Settings):
+    """Everything `omnittt preprocess` takes (CLI flags override these defaults)."""
+
+    source: str = "deepdialogue"
+    input_dir: str | None = None
+    output: str = "processed_data"
+    tokenizer: str | None = None
+    format: str = "pt"
+    task: str = "dialogue"
+    user_speaker: str | None = None
+    max_dialogues: int | None = None
+    skip: int = 0
+    workers: int = 1
+    mini_batch_size: int = 64
+    speech_positions: str = "trim"
+    split_at_holes: bool = False
+    strict: bool = False
+    overwrite: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- faults
+
+
+class InjectedFault(BaseException):
+    """Raised by OMNITTT_FAULT_AT (a BaseException so that no error handler swallows it)."""
+
+
+class Faults:
+    """`OMNITTT_FAULT_AT=phase:n[,phase:n]`: fail at the n-th time `hit(phase)` is reached in this run."""
+
+    def __init__(self, spec: str | None = None, mode: str | None = None) -> None:
+        spec = os.environ.get("OMNITTT_FAULT_AT", "") if spec is None else spec
+        self.mode = os.environ.get("OMNITTT_FAULT_MODE", "raise") if mode is None else mode
+        self.at: dict[str, int] = {}
+        for item in filter(None, (part.strip() for part in spec.split(","))):
+            phase, _, n = item.partition(":")
+            self.at[phase] = int(n or 1)
+        self.counts: Counter[str] = Counter()
+
+    def armed(self, phase: str) -> bool:
+        return phase in self.at
+
+    def hit(self, phase: str) -> None:
+        if phase not in self.at:
+            return
+        self.counts[phase] += 1
+        if self.counts[phase] == self.at[phase]:
+            if self.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise InjectedFault(f"injected fault at {phase}:{self.at[phase]}")
+
+
+# ------------------------------------------------------------------------------------------ conversion
+
+
+@dataclass
+class Job:
+    """What a worker needs to turn a conversation into samples."""
+
+    root: Path
+    source: str
+    builder: PromptBuilder
+    pad_id: int
+    mini_batch_size: int
+    speech_positions: str
+    task: str
+    user_speaker: str | None
+    split_at_holes: bool
+
+
+@dataclass
+class DialogueResult:
+    """One dialogue's samples (in order), its conversations (manifest lines, `num_samples` each), its skips."""
+
+    conversation_id: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    conversations: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    speech_sec: float = 0.0
+    clipped: int = 0
+    converted: int = 0
+
+
+def _rel(root: Path, path: str | os.PathLike | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _roles(conv: Conversation, task: str, user_speaker: str | None) -> list[str]:
+    if task == "asr":
+        return [USER_ROLE] * len(conv.turns)
+    if user_speaker is None:
+        user_speaker = next((t.speaker for t in conv.turns if t.speaker), None)
+    return [t.role or (USER_ROLE if t.speaker == user_speaker else ASSISTANT_ROLE) for t in conv.turns]
+
+
+def convert(conv: Conversation, job: Job) -> DialogueResult:
+    """A conversation -> samples (one per exchange), manifest lines and error lines."""
+    result = DialogueResult(conv.conversation_id)
+    root = job.root
+
+    def error(reason: str, path: Any, detail: str = "", **where: int) -> None:
+        result.errors.append({"path": _rel(root, path), "conversation_id": conv.conversation_id,
+                              "reason": reason, **where, **({"detail": detail} if detail else {})})
+
+    if conv.problem:
+        error(conv.problem, conv.path, conv.problem_detail)
+        return result
+    roles = _roles(conv, job.task, job.user_speaker)
+    if job.task == "asr":
+        pairs = [(i, i) for i in range(len(conv.turns))]
+    else:
+        paired = pair_turns(roles)
+        pairs = paired.exchanges
+        for turn_index, reason in paired.dropped:
+            error(reason, conv.turns[turn_index].audio_path or conv.path, turn=turn_index)
+
+    part: dict[str, Any] | None = None
+    part_number = 0
+    hole = False
+    for k, (u, a) in enumerate(pairs):
+        user, reply_turn = conv.turns[u], conv.turns[a]
+        if hole and not job.split_at_holes:
+            error("after_hole", user.audio_path or conv.path, exchange=k, turn=u)
+            continue
+        # The reply first: it is cheap to check and a missing reply saves decoding the audio.
+        reply = reply_turn.text
+        problem: tuple[str, Any, str] | None = None
+        if reply_turn is not user and reply_turn.problem in _TEXT_PROBLEMS:
+            problem = (reply_turn.problem, reply_turn.problem_path or conv.path, "")
+        elif reply is None or not reply.strip():
+            problem = ("missing_text", conv.path, f"turn {a} has no text")
+        elif user.problem:
+            problem = (user.problem, user.problem_path or user.audio_path or conv.path, "")
+        audio = None
+        if problem is None and user.audio_path is not None:
+            try:
+                audio = load_audio(user.audio_path)
+            except AudioError as exc:
+                problem = (exc.reason, exc.path, exc.detail)
+        elif problem is None and not (user.text or "").strip():
+            problem = ("missing_audio", conv.path, f"turn {u} has neither audio nor text")
+        if problem is not None:
+            error(problem[0], problem[1], problem[2], exchange=k, turn=u)
+            hole = True
+            part = None  # with --split-at-holes, the next good exchange starts a new conversation
+            continue
+        if part is None:
+            part_number += 1
+            part_id = conv.conversation_id if part_number == 1 else f"{conv.conversation_id}#{part_number}"
+            part = {"conversation_id": part_id, "num_turns": 0, "total_tokens": 0, "duration_sec": 0.0,
+                    "source": conv.source, "group": conv.group, "source_path": _rel(root, conv.path),
+                    **({"split_from": conv.conversation_id} if part_number > 1 else {}),
+                    **conv.metadata, "num_samples": 0}
+            result.conversations.append(part)
+        speech_text = "" if audio is not None else (user.text or "")
+        sample = _sample(job, part, audio, speech_text, reply or "", user.speaker)
+        result.samples.append(sample)
+        if audio is not None:
+            result.speech_sec += audio.duration
+            result.clipped += audio.clipped
+            result.converted += int(audio.converted)
+    return result
+
+
+def _sample(job: Job, part: dict[str, Any], audio: Any, text: str, reply: str, speaker: str) -> dict[str, Any]:
+    turn_number = part["num_turns"]
+    speech = audio.samples if audio is not None else np.zeros(0, dtype=np.float32)
+    segments = split_segments(len(speech)) if len(speech) else []
+    prompt = job.builder.exchange(Exchange(len(segments), text, reply), first=turn_number == 0)
+    original = sample_positions(len(prompt.input_ids), segments, job.speech_positions)  # type: ignore[arg-type]
+    pad = padding_for(original, job.mini_batch_size)
+    n = len(prompt.input_ids)
+    part["num_turns"] += 1
+    part["num_samples"] += 1
+    part["total_tokens"] += original + pad
+    part["duration_sec"] = round(part["duration_sec"] + len(speech) / SAMPLE_RATE, 4)
+    return {
+        "speech": speech,
+        "speech_lengths": segments,
+        "input_ids": prompt.input_ids + [job.pad_id] * pad,
+        "labels": prompt.labels + [IGNORE_INDEX] * pad,
+        "attention_mask": [1] * n + [0] * pad,
+        "conversation_id": part["conversation_id"],
+        "turn_number": turn_number,
+        "speaker_id": speaker,
+        "original_length": original,
+        "prefix_len": prompt.prefix_len,
+        "num_tokens": original + pad,
+    }
+
+
+_JOB: Job | None = None
+
+
+def _set_job(job: Job) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _init_worker(job: Job) -> None:
+    _set_job(job)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C
+
+
+def _work(ref: ConversationRef) -> DialogueResult:
+    assert _JOB is not None
+    conv = get_source(_JOB.source).read(_JOB.root, ref, _JOB.source)
+    return convert(conv, _JOB)
+
+
+# --------------------------------------------------------------------------------------------- journal
+
+
+class Journal:
+    """Append-only record of finished dialogues: a header line (the settings), then one line per dialogue."""
+
+    def __init__(self, path: Path, faults: Faults) -> None:
+        self.path = path
+        self.faults = faults
+
+    def read(self, repair: bool = True) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The header and the complete records; a torn last line (killed mid-append) is ignored, and with
+        `repair` cut off the file."""
+        if not self.path.exists():
+            return None, []
+        raw = self.path.read_bytes()
+        good = raw.rfind(b"\n") + 1
+        header, records = None, []
+        for line in raw[:good].splitlines():
+            row = json.loads(line)
+            if header is None:
+                header = row["header"]
+            else:
+                records.append(row)
+        if repair and good != len(raw):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good)
+        return header, records
+
+    def append(self, row: dict[str, Any]) -> None:
+        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        with open(self.path, "ab") as handle:
+            if self.faults.armed("journal"):
+                handle.write(line[: len(line) // 2])
+                handle.flush()
+                self.faults.hit("journal")
+                line = line[len(line) // 2:]
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+@dataclass
+class Plan:
+    """What a run will do, known before it writes anything (the CLI prints it)."""
+
+    options: PreprocessOptions
+    root: Path
+    output: Path
+    refs: list[ConversationRef]
+    found: int  # dialogues discovered before --skip / --max-dialogues
+    tokenizer: Any
+    settings: dict[str, Any]
+    done: int  # dialogues already in the journal (resume)
+    estimate_bytes: int | None
+    estimate_speech_sec: float | None
+
+
+def _settings(options: PreprocessOptions, tok: Any, user_speaker: str | None) -> dict[str, Any]:
+    from omnittt.core.tokenizer import chat_tokens, tokenizer_settings
+
+    return {
+        "mini_batch_size": options.mini_batch_size,
+        "speech_positions": options.speech_positions,
+        **tokenizer_settings(tok),
+        "pad_token_id": chat_tokens(tok).pad,
+        "sample_rate": SAMPLE_RATE,
+        "task": options.task,
+        "user_speaker": user_speaker,
+        "source": options.source,
+        "split_at_holes": options.split_at_holes,
+        "format": options.format,
+    }
+
+
+def _check_options(options: PreprocessOptions) -> None:
+    if options.task not in TASKS:
+        raise UserError(f"unknown --task {options.task!r}", fix=f"use one of: {', '.join(TASKS)}")
+    if options.format not in store.FORMATS:
+        raise UserError(f"unknown --format {options.format!r}", fix=f"use one of: {', '.join(store.FORMATS)}")
+    if options.speech_positions not in SPEECH_POSITION_MODES:
+        raise UserError(f"unknown --speech-positions {options.speech_positions!r}",
+                        fix=f"use one of: {', '.join(SPEECH_POSITION_MODES)}")
+    if options.mini_batch_size <= 0:
+        raise UserError("--mini-batch-size must be positive", fix="use the model's TTT mini-batch size (64)")
+    if options.workers < 0 or options.skip < 0 or (options.max_dialogues is not None and options.max_dialogues < 0):
+        raise UserError("--workers, --skip and --max-dialogues take numbers >= 0", fix="e.g. --workers 2")
+
+
+def _estimate(root: Path, source: str, refs: list[ConversationRef], task: str,
+              user_speaker: str | None) -> tuple[int | None, float | None]:
+    """Output size from the user audio of a few dialogues spread over the input (headers only)."""
+    if not refs:
+        return 0, 0.0
+    step = max(1, len(refs) // ESTIMATE_DIALOGUES)
+    picked = refs[::step][:ESTIMATE_DIALOGUES]
+    reader = get_source(source)
+    seconds = 0.0
+    for ref in picked:
+        conv = reader.read(root, ref, source)
+        roles = _roles(conv, task, user_speaker)
+        for turn, role in zip(conv.turns, roles, strict=True):
+            if role == USER_ROLE and turn.audio_path is not None:
+                info = audio_info(turn.audio_path)
+                if info:
+                    seconds += info[0] / max(info[1], 1)
+    per_dialogue = seconds / len(picked)
+    total_sec = per_dialogue * len(refs)
+    # float32 speech + ~2.5 KB per sample of ids/labels/mask and pickling overhead, ~6 exchanges a dialogue.
+    return int(total_sec * SAMPLE_RATE * 4 + len(refs) * 6 * 2500), total_sec
+
+
+def plan(options: PreprocessOptions) -> Plan:
+    """Validate the options, find the input, load the tokenizer, estimate: no writes."""
+    from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
+
+    _check_options(options)
+    reader = get_source(options.source)
+    root = resolve_input(options.source, options.input_dir)
+    output = Path(options.output).resolve()
+    if output == root or root in output.parents:
+        raise UserError(f"{output}: the output lies inside the input {root}", fix="choose another --output")
+    all_refs = reader.discover(root)
+    end = None if options.max_dialogues is None else options.skip + options.max_dialogues
+    refs = all_refs[options.skip:end]
+    tok = load_tokenizer(options.tokenizer) if options.tokenizer else build_default_tokenizer()
+    user_speaker = options.user_speaker or DEFAULT_USER_SPEAKER.get(options.source)
+    settings = _settings(options, tok, user_speaker)
+    journal_header, records = (None, []) if options.overwrite else \
+        Journal(output / STATE_DIR / JOURNAL, Faults("")).read(repair=False)
+    if journal_header is not None:
+        _check_resume(output, journal_header, _header(options, root, settings, len(refs)))
+    estimate = _estimate(root, options.source, refs, options.task, user_speaker) if refs else (0, 0.0)
+    return Plan(options, root, output, refs, len(all_refs), tok, settings, len(records), *estimate)
+
+
+def _header(options: PreprocessOptions, root: Path, settings: dict[str, Any], n: int) -> dict[str, Any]:
+    return {**{k: v for k, v in settings.items() if k != "vocab_size"}, "input": str(root),
+            "skip": options.skip, "max_dialogues": options.max_dialogues, "dialogues": n}
+
+
+def _check_resume(output: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: was {old.get(k)!r}, now {new.get(k)!r}" for k in differ[:4])
+        raise UserError(f"{output} holds an unfinished or finished run with other settings ({shown})",
+                        fix="rerun with the same flags to resume, or add --overwrite, or pick another --output")
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class Summary:
+    stats: dict[str, Any]
+    output: Path
+    resumed_from: int
+    already_complete: bool = False
+
+
+def _prepare_output(plan: Plan) -> None:
+    out = plan.output
+    if plan.options.overwrite and out.exists():
+        looks_ours = (out / store.INDEX_FILE).exists() or (out / STATE_DIR).exists() or not any(out.iterdir())
+        if not looks_ours:
+            raise UserError(f"{out}: not a processed dataset, refusing to delete it for --overwrite",
+                            fix="choose another --output")
+        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()) and not (out / STATE_DIR / JOURNAL).exists():
+        what = "a processed dataset" if (out / store.INDEX_FILE).exists() else "other files"
+        raise UserError(f"{out}: already holds {what}", fix="add --overwrite, or pick another --output")
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    # Leftovers of a killed run: temp files of atomic writes, a half-built arrow folder or cache.
+    for stray in [*out.glob(".*.tmp"), *out.glob(f"{store.SAMPLES_DIR}/*/.*.tmp"), *out.glob(".arrow_cache.*")]:
+        shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
+    if not (out / store.TOKENIZER_DIR).exists():
+        with atomic_directory(out / store.TOKENIZER_DIR) as tmp:
+            plan.tokenizer.save_pretrained(str(tmp))
+
+
+def _results(plan: Plan, job: Job, todo: list[ConversationRef]) -> Iterator[DialogueResult]:
+    workers = plan.options.workers
+    if workers <= 1:
+        _set_job(job)
+        for ref in todo:
+            yield _work(ref)
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        yield from pool.imap(_work, todo, chunksize=1)
+
+
+def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], None] | None = None) -> Summary:
+    """Process the planned dialogues (resuming a killed run) and write the dataset. `progress` is a rich
+    Progress (optional); `on_error` sees each errors.jsonl line as it happens."""
+    from omnittt.core.tokenizer import chat_tokens
+
+    options, out = plan.options, plan.output
+    faults = Faults()
+    _prepare_output(plan)
+    journal = Journal(out / STATE_DIR / JOURNAL, faults)
+    header = _header(options, plan.root, plan.settings, len(plan.refs))
+    old_header, records = journal.read()
+    if old_header is None:
+        journal.path.unlink(missing_ok=True)
+        journal.append({"header": header})
+    else:
+        _check_resume(out, old_header, header)
+    if (out / store.INDEX_FILE).exists() and len(records) == len(plan.refs):
+        stats = json.loads((out / store.STATS_FILE).read_text())
+        return Summary(stats, out, len(records), already_complete=True)
+
+    job = Job(root=plan.root, source=options.source, builder=PromptBuilder(plan.tokenizer),
+              pad_id=chat_tokens(plan.tokenizer).pad, mini_batch_size=options.mini_batch_size,
+              speech_positions=options.speech_positions, task=options.task,
+              user_speaker=plan.settings["user_speaker"], split_at_holes=options.split_at_holes)
+    next_id = sum(len(r["index"]) for r in records)
+    todo = plan.refs[len(records):]
+    started = time.perf_counter()
+    speech_done = 0.0
+    task = None
+    if progress is not None:
+        task = progress.add_task("dialogues", total=len(plan.refs), completed=len(records),
+                                 hours=sum(r["speech_sec"] for r in records) / 3600, xrt=0.0)
+    for n, result in enumerate(_results(plan, job, todo), start=len(records)):
+        if options.strict and result.errors:
+            bad = result.errors[0]
+            raise UserError(f"{bad['path']}: {bad['reason']} ({bad['conversation_id']}) and --strict is on",
+                            fix="fix or remove the file, or run without --strict to skip and report it")
+        index = []
+        for payload in result.samples:
+            sample = store.to_sample(**{k: payload[k] for k in store.SAMPLE_KEYS})
+            rel = store.save_sample(out, next_id, sample, before_rename=lambda: faults.hit("rename"))
+            index.append({"sample_id": next_id, "conversation_id": payload["conversation_id"],
+                          "turn_number": payload["turn_number"], "num_tokens": payload["num_tokens"],
+                          "original_length": payload["original_length"],
+                          "audio_duration_sec": round(len(payload["speech"]) / SAMPLE_RATE, 4),
+                          "speaker_id": payload["speaker_id"], "file_path": rel})
+            next_id += 1
+            faults.hit("sample")
+        first = index[0]["sample_id"] if index else next_id
+        for conv in result.conversations:
+            conv["first_sample_id"] = first
+            first += conv["num_samples"]
+        for err in result.errors:
+            if on_error is not None:
+                on_error(err)
+        journal.append({"n": n, "conversation_id": result.conversation_id, "index": index,
+                        "manifest": result.conversations, "errors": result.errors,
+                        "speech_sec": round(result.speech_sec, 4), "clipped": result.clipped,
+                        "converted": result.converted})
+        speech_done += result.speech_sec
+        if progress is not None and task is not None:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            done_hours = progress.tasks[task].fields["hours"] + result.speech_sec / 3600
+            progress.update(task, advance=1, hours=done_hours, xrt=speech_done / elapsed)
+    elapsed = time.perf_counter() - started
+    _, records = journal.read()
+    stats = _finalize(plan, records, elapsed, speech_done, faults)
+    return Summary(stats, out, plan.done)
+
+
+def _finalize(plan: Plan, records: list[dict[str, Any]], elapsed: float, speech_this_run: float,
+              faults: Faults) -> dict[str, Any]:
+    out, options = plan.output, plan.options
+    index = [entry for r in records for entry in r["index"]]
+    manifest = [conv for r in records for conv in r["manifest"]]
+    errors = [err for r in records for err in r["errors"]]
+    total = len(index)
+    _remove_orphans(out, total)
+    if options.format == "arrow":
+        arrow = out / store.ARROW_DIR
+        if arrow.exists():  # from a run killed after the arrow write but before index.json
+            shutil.rmtree(arrow)
+        with atomic_directory(arrow) as tmp:
+            store.write_arrow(out, [str(out / e["file_path"]) for e in index], tmp)
+        for entry in index:
+            entry["file_path"] = store.ARROW_DIR
+    skipped = Counter(err["reason"] for err in errors)
+    tokens = sum(e["num_tokens"] for e in index)
+    real = sum(e["original_length"] for e in index)
+    speech_sec = sum(r["speech_sec"] for r in records)
+    stats = {
+        "complete": True,
+        "source": options.source,
+        "input": str(plan.root),
+        "dialogues_found": plan.found,
+        "dialogues": len(records),
+        "dialogues_with_samples": sum(1 for r in records if r["index"]),
+        "conversations": len(manifest),
+        "samples": total,
+        "speech_sec": round(speech_sec, 3),
+        "speech_hours": round(speech_sec / 3600, 4),
+        "total_tokens": tokens,
+        "padding_tokens": tokens - real,
+        "clipped_samples": sum(r["clipped"] for r in records),
+        "converted_files": sum(r["converted"] for r in records),
+        "skipped": dict(sorted(skipped.items())),
+        "errors": len(errors),
+        "elapsed_sec": round(elapsed, 3),
+        "resumed_from_dialogue": plan.done,
+        "x_real_time": round(speech_this_run / elapsed, 2) if elapsed > 0 else None,
+        "settings": plan.settings,
+    }
+    store.write_jsonl(out / store.ERRORS_FILE, errors)
+    faults.hit("finalize")
+    store.write_jsonl(out / store.MANIFEST_FILE, manifest)
+    faults.hit("finalize")
+    atomic_write_json(out / store.STATS_FILE, stats)
+    faults.hit("finalize")
+    atomic_write_json(out / store.INDEX_FILE, index, indent=None)  # last: its presence means complete
+    if options.format == "arrow":
+        shutil.rmtree(out / store.SAMPLES_DIR, ignore_errors=True)
+    return stats
+
+
+def _remove_orphans(out: Path, total: int) -> None:
+    """Sample files beyond the journal's count (a dialogue killed half-written, then never redone)."""
+    samples = out / store.SAMPLES_DIR
+    if not samples.exists():
+        return
+    for shard in samples.iterdir():
+        if shard.is_dir() and int(shard.name) >= total // store.SHARD_SIZE:
+            for path in shard.glob("*.pt"):
+                if int(path.stem) >= total:
+                    path.unlink()
+
+
+def preprocess(options: PreprocessOptions, progress: Any = None) -> Summary:
+    """Plan and run in one call (tests, benchmarks, quickstart)."""
+    return run(plan(options), progress)
