@@ -40,8 +40,8 @@ class RunWriter:
         self.metrics = JsonlWriter(run_dir / METRICS_FILE)
         self.ttt = JsonlWriter(run_dir / TTT_STATE_FILE)
 
-    def step(self, step: int, layers=(2, 3), **ttt_extra: Any) -> None:
-        self.metrics.write(metrics_line(step, loss=3.0 / step))
+    def step(self, step: int, layers=(2, 3), time: float | None = None, **ttt_extra: Any) -> None:
+        self.metrics.write(metrics_line(step, loss=3.0 / step, time=time))
         self.ttt.write_many([ttt_line(step, layer, w1=1.0 + 0.01 * step, **ttt_extra) for layer in layers])
 
     def partial_ttt(self, record: dict[str, Any], cut: int) -> str:
