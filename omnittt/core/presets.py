@@ -1,0 +1,311 @@
+"""Model presets, the model summary checked at every load, and trainable subsets / optimiser groups.
+
+`tiny`: random init, CPU-sized, but it keeps Whisper's 30 s window (3000 mel frames -> 1500 frames -> 300
+positions), so the speech arithmetic is the same for every preset. `llama-omni-8b`: the published shapes of
+LLaMA-Omni (Llama-3.1-8B-Instruct with GQA, Whisper-large-v3 encoder, projector 6400 -> 2048 -> 4096) with
+TTT layers 24-31 and `speech_positions="full"`, what the released weights were trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, WhisperConfig
+
+from omnittt.core.modeling_omnittt import (
+    OmniTTTConfig,
+    OmniTTTForCausalLM,
+    is_ttt_state_param,
+    keep_ttt_state_fp32,
+    ttt_modules,
+)
+from omnittt.errors import UserError
+
+PRESETS = ("tiny", "llama-omni-8b")
+
+# Keys of the TTT Llama config (see omnittt.config.MODEL_KEYS) and their defaults.
+TTT_DEFAULTS: dict[str, Any] = {
+    "ttt_layers": [],
+    "ttt_type": "mlp",
+    "ttt_mode": "replace",
+    "ttt_mini_batch_size": 64,
+    "ttt_base_lr": None,  # None: the layer's default (0.1 MLP, 1.0 Linear)
+    "attention_window": None,
+}
+TOP_LEVEL_KEYS = ("speech_positions", "speech_projector_dim", "speech_ds_rate")
+
+# Llama-3.1-8B-Instruct as released in ICTNLP/Llama-3.1-8B-Omni's config.json.
+LLAMA_31_8B: dict[str, Any] = {
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "hidden_act": "silu",
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-5,
+    "rope_parameters": {
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192,
+    },
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+    "pad_token_id": 128004,  # <|finetune_right_pad_id|>
+    "tie_word_embeddings": False,
+}
+# Whisper-large-v3's encoder (openai-whisper dims: n_mels 128, n_audio_state 1280, 32 layers, 20 heads).
+WHISPER_LARGE_V3: dict[str, Any] = {
+    "num_mel_bins": 128,
+    "d_model": 1280,
+    "encoder_layers": 32,
+    "encoder_attention_heads": 20,
+    "encoder_ffn_dim": 5120,
+    "max_source_positions": 1500,
+    "decoder_layers": 1,  # the decoder is never built; keep its config small
+    "decoder_attention_heads": 20,
+    "vocab_size": 51866,
+}
+TINY_WHISPER: dict[str, Any] = {
+    "num_mel_bins": 80,
+    "d_model": 64,
+    "encoder_layers": 2,
+    "encoder_attention_heads": 2,
+    "encoder_ffn_dim": 128,
+    "max_source_positions": 1500,  # the 30 s window, as every preset
+    "decoder_layers": 1,
+    "decoder_attention_heads": 2,
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tokenizer_ids() -> dict[str, Any]:
+    from omnittt.core.tokenizer import build_default_tokenizer, chat_tokens
+
+    tok = build_default_tokenizer()
+    ids = chat_tokens(tok)
+    return {"vocab_size": len(tok), "bos_token_id": ids.bos, "eos_token_id": ids.eot, "pad_token_id": ids.pad}
+
+
+def _tiny_text() -> dict[str, Any]:
+    return {
+        **_default_tokenizer_ids(),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,  # GQA, as the real model
+        "max_position_embeddings": 65536,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+        "tie_word_embeddings": False,
+    }
+
+
+def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
+    """The `OmniTTTConfig` of a preset with overrides: TTT keys and any `LlamaConfig` attribute go to the
+    text config, `speech_positions`/`speech_projector_dim`/`speech_ds_rate` to the top, `speech_config` (a
+    dict) updates the Whisper config."""
+    if preset == "tiny":
+        text, speech, top = _tiny_text(), dict(TINY_WHISPER), {"speech_projector_dim": 128}
+        text.update(TTT_DEFAULTS, ttt_layers=[2, 3])
+        top["speech_positions"] = "trim"
+    elif preset == "llama-omni-8b":
+        text, speech, top = dict(LLAMA_31_8B), dict(WHISPER_LARGE_V3), {"speech_projector_dim": 2048}
+        text.update(TTT_DEFAULTS, ttt_layers=list(range(24, 32)))
+        top["speech_positions"] = "full"
+    else:
+        raise UserError(f"unknown preset {preset!r}", fix=f"choose one of: {', '.join(PRESETS)}")
+    known_text = set(LlamaConfig().to_dict()) | set(TTT_DEFAULTS)
+    for key, value in overrides.items():
+        if key in TOP_LEVEL_KEYS:
+            top[key] = value
+        elif key == "speech_config":
+            speech.update(value)
+        elif key in known_text:
+            text[key] = value
+        else:
+            raise UserError(
+                f"unknown model setting {key!r}",
+                fix="use a TTT key (ttt_layers, ttt_type, ...), a LlamaConfig attribute, speech_positions, "
+                "or speech_config={...}",
+            )
+    text["ttt_layers"] = sorted(int(i) for i in text["ttt_layers"])
+    check_ttt_layers(text["ttt_layers"], text["num_hidden_layers"])
+    return OmniTTTConfig(text_config=LlamaConfig(**text), speech_config=WhisperConfig(**speech), **top)
+
+
+def check_ttt_layers(layers: list[int], n_layers: int) -> None:
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if bad or len(set(layers)) != len(layers):
+        raise UserError(
+            f"ttt_layers {layers} do not fit a model of {n_layers} layers",
+            fix=f"pick distinct indices in 0..{n_layers - 1}",
+        )
+
+
+def build_model(
+    preset: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **overrides: Any
+) -> OmniTTTForCausalLM:
+    """Build a preset (random init). `device="meta"` builds the shapes without memory. The speech encoder
+    starts frozen (LLaMA-Omni practice). The model summary is checked before returning."""
+    config = preset_config(preset, **overrides)
+    with torch.device(device) if str(device) != "cpu" else nullcontext():
+        model = OmniTTTForCausalLM(config)
+    if dtype is not None:
+        model = model.to(dtype)
+        keep_ttt_state_fp32(model)
+    set_trainable(model, DEFAULT_TRAINABLE)
+    model_summary(model)
+    return model
+
+
+# -- parameter groups ------------------------------------------------------------------------------------
+GROUPS = ("ttt_init", "ttt", "projector", "llm", "encoder")
+# Spec words: a group name, "ttt" also meaning its inner-state init, or "all".
+_ALIASES = {"ttt": ("ttt_init", "ttt"), "all": GROUPS, "none": ()}
+DEFAULT_TRAINABLE = ("ttt_init", "ttt", "projector", "llm")  # everything but the speech encoder
+
+
+def parameter_group(model: OmniTTTForCausalLM, name: str) -> str:
+    """Which optimiser group a parameter belongs to."""
+    if name.startswith("speech_encoder."):
+        return "encoder"
+    if name.startswith("speech_projector."):
+        return "projector"
+    owner = name.rsplit(".", 1)[0]
+    if owner in _ttt_module_names(model):
+        return "ttt_init" if is_ttt_state_param(name) else "ttt"
+    if any(owner.startswith(prefix + ".") for prefix in _ttt_module_names(model)):
+        return "ttt"
+    return "llm"
+
+
+def _ttt_module_names(model: torch.nn.Module) -> frozenset[str]:
+    return frozenset(name for name, _ in ttt_modules(model))
+
+
+def _parse_spec(spec: str | Iterable[str]) -> set[str]:
+    words = [w.strip() for w in (spec.split(",") if isinstance(spec, str) else spec) if w.strip()]
+    groups: set[str] = set()
+    for word in words:
+        if word in _ALIASES:
+            groups.update(_ALIASES[word])
+        elif word in GROUPS:
+            groups.add(word)
+        else:
+            raise UserError(
+                f"unknown trainable group {word!r}",
+                fix=f"use a comma list of: {', '.join(GROUPS)}, ttt (both TTT groups), all, none",
+            )
+    return groups
+
+
+def set_trainable(model: OmniTTTForCausalLM, spec: str | Iterable[str]) -> dict[str, int]:
+    """Train exactly the groups in `spec` (e.g. "ttt,projector", "all", "none"); everything
+    else is frozen. Returns trainable parameter counts per group."""
+    chosen = _parse_spec(spec)
+    counts = dict.fromkeys(GROUPS, 0)
+    for name, param in model.named_parameters():
+        group = parameter_group(model, name)
+        param.requires_grad_(group in chosen)
+        if group in chosen:
+            counts[group] += param.numel()
+    return counts
+
+
+def parameter_groups(
+    model: OmniTTTForCausalLM,
+    train: str | Iterable[str] = "ttt,projector",
+    lrs: dict[str, float] | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Optimiser parameter groups for the trained subset (also applied with `set_trainable`): one group per
+    name in GROUPS that trains, with its own `lr` when `lrs` names it (`"ttt"` sets both TTT groups). Biases,
+    norms and the TTT inner-state init get no weight decay."""
+    set_trainable(model, train)
+    lr_for: dict[str, float] = {}
+    for key, value in (lrs or {}).items():
+        for group in _ALIASES.get(key, (key,)):
+            if group not in GROUPS:
+                raise UserError(f"unknown parameter group {key!r} in learning rates", fix=f"use {GROUPS}")
+            lr_for[group] = value
+    buckets: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = parameter_group(model, name)
+        decay = weight_decay > 0 and param.ndim >= 2 and group != "ttt_init"
+        buckets.setdefault((group, decay), []).append(param)
+    result = []
+    for group in GROUPS:
+        for decay in (True, False):
+            params = buckets.get((group, decay))
+            if not params:
+                continue
+            entry: dict[str, Any] = {
+                "name": group if not decay else f"{group}_decay",
+                "group": group,
+                "params": params,
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+            if group in lr_for:
+                entry["lr"] = lr_for[group]
+            result.append(entry)
+    return result
+
+
+# -- summary ---------------------------------------------------------------------------------------------
+def model_summary(model: OmniTTTForCausalLM) -> dict[str, Any]:
+    """TTT layers, parameter counts and dtypes by group; raises if the model does not match its config
+    (TTT layers missing or extra, TTT inner state not float32, non-finite TTT parameters)."""
+    text = model.config.text_config
+    expected = list(getattr(text, "ttt_layers", []) or [])
+    found = sorted(_layer_index(name) for name, _ in ttt_modules(model))
+    if found != expected:
+        raise ValueError(f"model has TTT layers {found} but its config says {expected}")
+    counts = dict.fromkeys(GROUPS, 0)
+    trainable = dict.fromkeys(GROUPS, 0)
+    dtypes: dict[str, set[str]] = {g: set() for g in GROUPS}
+    for name, param in model.named_parameters():
+        group = parameter_group(model, name)
+        counts[group] += param.numel()
+        trainable[group] += param.numel() if param.requires_grad else 0
+        dtypes[group].add(str(param.dtype).replace("torch.", ""))
+        if group == "ttt_init" and is_ttt_state_param(name):
+            if param.dtype != torch.float32:
+                raise ValueError(f"TTT inner-state parameter {name} is {param.dtype}, must stay float32")
+            if param.device.type != "meta" and not bool(torch.isfinite(param).all()):
+                raise ValueError(f"TTT parameter {name} holds non-finite values (uninitialised load?)")
+    llm = counts["llm"] + counts["ttt"] + counts["ttt_init"]
+    return {
+        "ttt_layers": found,
+        "num_ttt_layers": len(found),
+        "num_layers": text.num_hidden_layers,
+        "ttt_type": getattr(text, "ttt_type", None),
+        "ttt_mode": getattr(text, "ttt_mode", None),
+        "ttt_mini_batch_size": getattr(text, "ttt_mini_batch_size", None),
+        "attention_window": getattr(text, "attention_window", None),
+        "speech_positions": model.config.speech_positions,
+        "num_attention_heads": text.num_attention_heads,
+        "num_key_value_heads": text.num_key_value_heads,
+        "hidden_size": text.hidden_size,
+        "vocab_size": text.vocab_size,
+        "n_mels": model.config.speech_config.num_mel_bins,
+        "parameters": {
+            **counts,
+            "llm_total": llm,
+            "total": sum(counts.values()),
+        },
+        "trainable": {**trainable, "total": sum(trainable.values())},
+        "dtypes": {g: sorted(d) for g, d in dtypes.items()},
+        "device": str(next(model.parameters()).device),
+    }
+
+
+def _layer_index(module_name: str) -> int:
+    parts = module_name.split(".")
+    return int(parts[parts.index("layers") + 1])
