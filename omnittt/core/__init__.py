@@ -40,6 +40,20 @@ _EXPORTS: dict[str, str] = {
     "concatenate": "prompt",
     "decode_with_speech": "prompt",
     "render_conversation": "prompt",
+    # TTT layers and cache
+    "TTTMLP": "ttt_layer",
+    "TTTLinear": "ttt_layer",
+    "build_ttt_layer": "ttt_layer",
+    "ttt_setting": "ttt_layer",
+    "TTT_CONFIG_DEFAULTS": "ttt_layer",
+    "DEFAULT_TTT_BASE_LR": "ttt_layer",
+    "TTTCache": "ttt_cache",
+    "TTTCacheLayer": "ttt_cache",
+    # TTT Llama
+    "TTTLlamaModel": "ttt_llama",
+    "TTTLlamaForCausalLM": "ttt_llama",
+    "convert_llama_to_ttt": "ttt_llama",
+    "prepare_ttt_config": "ttt_llama",
 }
 
 __all__ = sorted(_EXPORTS)
