@@ -40,6 +40,13 @@ _EXPORTS: dict[str, str] = {
     "concatenate": "prompt",
     "decode_with_speech": "prompt",
     "render_conversation": "prompt",
+    # TTT op (dual form over full mini-batches, primal form for partial ones)
+    "ttt_mlp": "ttt_ops",
+    "ttt_linear": "ttt_ops",
+    "ttt_mlp_partial": "ttt_ops",
+    "ttt_linear_partial": "ttt_ops",
+    "ttt_commit": "ttt_ops",
+    "inner_loss": "ttt_ops",
     # TTT layers and cache
     "TTTMLP": "ttt_layer",
     "TTTLinear": "ttt_layer",
