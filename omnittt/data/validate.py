@@ -574,11 +574,11 @@ def validate_dataset(
             for name in PER_SAMPLE:
                 checks[name].add(SKIP)
     workers = max(1, workers or default_workers())
-    chunk = max(16, min(256, math.ceil(len(safe) / (workers * 8)) if safe else 16))
+    chunk = max(8, min(256, math.ceil(len(safe) / (workers * 8)) if safe else 8))
     results: list[tuple] = []
     counts = np.zeros(rules.vocab_size or 1, dtype=np.int64)
     done = 0
-    if workers == 1 or len(safe) < 4 * chunk:
+    if workers == 1 or len(safe) < 2 * chunk:  # too little to spread: a pool would cost more than it saves
         workers = 1
         _init_worker(rules)
         outputs: Iterable[tuple] = map(_check_chunk, _chunks(safe, chunk))
