@@ -1,23 +1,181 @@
-"""`omnittt train` (issue #11 has not landed yet)."""
+"""`omnittt train`: train a TTT speech model conversation by conversation (issue #11)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors, not_landed
+from omnittt.cli._common import handle_errors
 
 HELP = """Train a TTT speech model conversation by conversation.
 
-Example: [bold]omnittt train --preset tiny --data processed_data --stage 8k[/bold]"""
+Each conversation starts from the learned TTT state and carries it across its exchanges; one optimizer step is
+one truncated-BPTT window of --tbptt-turns exchanges. Checkpoints (safetensors, no pickle) go to
+RUN/checkpoints/step_N every --save-every steps; `omnittt resume RUN` continues exactly.
+
+Settings: defaults < --config FILE.yaml < flags < --set key=value.
+
+Example: [bold]omnittt train --preset tiny --data processed_data --stage 8k --max-steps 200[/bold]"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "train", help=HELP, short_help="Train a TTT speech model conversation by conversation.",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
+    @app.command("train", help=HELP, short_help="Train a TTT speech model conversation by conversation.")
     @handle_errors
-    def command(ctx: typer.Context) -> Any:
-        not_landed("train", 11)
+    def command(
+        preset: str = typer.Option(None, "--preset", help="Model preset: tiny or llama-omni-8b."),
+        model: Path = typer.Option(None, "--model", help="Local model directory (a checkpoint, an export, or "
+                                   "a LLaMA-Omni / Llama download) to start from."),
+        data: Path = typer.Option(None, "--data", help="Processed dataset (default: processed_data)."),
+        stage: str = typer.Option(None, "--stage", help="Curriculum stage: 8k, 16k, 32k, 64k (sessions packed "
+                                  "to the stage's length), or none (whole conversations). Default 8k."),
+        run: Path = typer.Option(None, "--run", help="Run directory (default: runs/<preset or model name>)."),
+        config: Path = typer.Option(None, "--config", help="YAML settings file (see a run's config.yaml)."),
+        max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps (default: --epochs passes)."),
+        epochs: int = typer.Option(None, "--epochs", help="Passes over the stage's conversations."),
+        save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N optimizer steps."),
+        train: str = typer.Option(None, "--train", help="Trainable groups: ttt,projector (default), all, or a "
+                                  "comma list of ttt_init, ttt, projector, llm, encoder."),
+        tbptt_turns: int = typer.Option(None, "--tbptt-turns", help="Exchanges per truncated-BPTT window."),
+        batch_size: int = typer.Option(None, "--batch-size", help="Conversations started together."),
+        gradient_accumulation: int = typer.Option(None, "--gradient-accumulation",
+                                                  help="TBPTT windows per optimizer step."),
+        lr: float = typer.Option(None, "--lr", help="Base learning rate (default: the stage's)."),
+        ttt_layers: str = typer.Option(None, "--ttt-layers", help="Comma list of TTT layer indices ('' for the "
+                                       "attention-only baseline)."),
+        ttt_mini_batch_size: int = typer.Option(None, "--ttt-mini-batch-size", help="TTT mini-batch size b."),
+        attention_window: int = typer.Option(None, "--attention-window",
+                                             help="Sliding window of the remaining attention layers."),
+        mixed_precision: str = typer.Option(None, "--mixed-precision", help="auto (bf16 on a GPU), no, bf16."),
+        gradient_checkpointing: bool = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                    help="Recompute decoder layers in backward (cache kept)."),
+        val_conversations: int = typer.Option(None, "--val-conversations",
+                                              help="Hold out the last N conversations for validation."),
+        seed: int = typer.Option(None, "--seed", help="Seed for init and data order."),
+        num_threads: int = typer.Option(None, "--num-threads", help="torch CPU threads (restored on resume)."),
+        resume_from: Path = typer.Option(None, "--resume-from", help="Start from this checkpoint's weights "
+                                         "(transfer / fine-tune; a run directory means its latest)."),
+        reset_optimizer: bool = typer.Option(False, "--reset-optimizer", help="With --resume-from: fresh optimizer."),
+        reset_step: bool = typer.Option(False, "--reset-step", help="With --resume-from: step and schedule from 0."),
+        overrides: list[str] = typer.Option([], "--set", help="Any setting as key=value (repeatable)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --run."),
+        print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings and exit."),
+    ) -> Any:
+        from omnittt.config import parse_dotted_overrides
+        from omnittt.errors import UserError
+        from omnittt.train.settings import TrainSettings
+
+        settings = TrainSettings.load_yaml(config) if config else TrainSettings()
+        layers = None
+        if ttt_layers is not None:
+            try:
+                layers = [int(x) for x in ttt_layers.split(",") if x.strip()]
+            except ValueError:
+                raise UserError(f"--ttt-layers {ttt_layers!r} is not a comma list of integers",
+                                fix="e.g. --ttt-layers 2,3") from None
+        flags = {
+            "preset": preset, "model": _str(model), "data": _str(data), "stage": stage, "run": _str(run),
+            "max_steps": max_steps, "epochs": epochs, "save_every": save_every, "train": train,
+            "tbptt_turns": tbptt_turns, "batch_size": batch_size, "gradient_accumulation": gradient_accumulation,
+            "lr": lr, "ttt_layers": layers, "ttt_mini_batch_size": ttt_mini_batch_size,
+            "attention_window": attention_window, "mixed_precision": mixed_precision,
+            "gradient_checkpointing": gradient_checkpointing, "val_conversations": val_conversations,
+            "seed": seed, "num_threads": num_threads, "resume_from": _str(resume_from),
+            "reset_optimizer": reset_optimizer or None, "reset_step": reset_step or None,
+        }
+        settings = settings.with_overrides(flags).with_overrides(parse_dotted_overrides(overrides))
+        if (settings.reset_optimizer or settings.reset_step) and not settings.resume_from:
+            raise UserError("--reset-optimizer / --reset-step need --resume-from CKPT",
+                            fix="add --resume-from runs/NAME (or a checkpoint folder)")
+        settings.require_model()
+        if print_config:
+            import yaml
+
+            typer.echo(yaml.safe_dump(settings.to_dict(), sort_keys=False))
+            return
+        from omnittt.train.setup import start_run
+
+        run_prepared(lambda console: start_run(settings, overwrite=overwrite, console=console))
+
+
+def _str(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
+
+
+def run_prepared(prepare: Any) -> None:
+    """Build (printing what was resolved), train with a progress bar, end with a results table."""
+    import time
+
+    from rich.progress import TextColumn
+
+    from omnittt.console import console, make_progress
+
+    started = time.perf_counter()
+    with console.status("preparing the model and the data ..."):
+        prepared = prepare(console)
+    _print_start(prepared)
+    trainer = prepared.trainer
+    with make_progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s")) as progress:
+        trainer.fit(progress if prepared.settings.progress else None)
+    _print_end(prepared, time.perf_counter() - started)
+
+
+def _print_start(prepared: Any) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    from omnittt.console import console
+
+    s, config, summary = prepared.settings, prepared.config, prepared.summary
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    dataset = config["dataset"]
+    rows = [
+        ("run", str(prepared.run.path) + (f"  (resumed from {prepared.resumed_from.name})"
+                                           if prepared.resumed_from else "")),
+        ("model", f"{config['model_source']}: {summary['num_layers']} layers, TTT layers {summary['ttt_layers']} "
+                  f"({summary['ttt_type']}, b={summary['ttt_mini_batch_size']}), "
+                  f"{summary['trainable']['total']:,} of {summary['parameters']['total']:,} parameters trained"),
+        ("groups", ", ".join(f"{g['name']} lr {g['lr']:.2g}" for g in summary["parameter_groups"])),
+        ("data", f"{s.data}: stage {config['stage']['name']}, {config['conversations']['train']} conversations"
+                 + (f" (+{config['conversations']['validation']} validation)"
+                    if config['conversations']['validation'] else "")),
+        ("dataset settings", f"tokenizer {dataset.get('tokenizer_name')} "
+                             f"({str(dataset.get('tokenizer_fingerprint'))[:12]}), mini-batch "
+                             f"{dataset.get('mini_batch_size')}, speech {dataset.get('speech_positions')}"),
+        ("steps", f"{config['total_steps']} optimizer steps: batch {s.batch_size} x {s.tbptt_turns} exchanges per "
+                  f"window x {s.gradient_accumulation} windows; warmup {s.warmup_steps}, cosine to "
+                  f"{s.min_lr_ratio:g}x"),
+        ("numerics", f"mixed precision {config['mixed_precision']}, TTT state float32 (checked every "
+                     f"{s.fp32_check_every} steps), clip {s.max_grad_norm}, {config['num_threads']} threads"),
+        ("saved", f"config.yaml, model_summary.json; checkpoints every {s.save_every} steps "
+                  f"(keep {s.keep_checkpoints})"),
+    ]
+    for key, value in rows:
+        grid.add_row(key, value)
+    console.print(Panel(grid, title="omnittt train", expand=False))
+
+
+def _print_end(prepared: Any, elapsed: float) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+
+    trainer = prepared.trainer
+    table = Table(title="training finished", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("steps", f"{trainer.step} / {trainer.total_steps}")
+    table.add_row("positions trained", f"{trainer.state.tokens:,}")
+    if trainer.state.skipped:
+        table.add_row("skipped windows (NaN/Inf)", f"[yellow]{trainer.state.skipped}[/yellow]")
+    if trainer.last_val_loss is not None:
+        table.add_row("validation loss", f"{trainer.last_val_loss:.4f}")
+    table.add_row("checkpoint", str(trainer.last_checkpoint))
+    table.add_row("metrics", str(prepared.run.metrics_path))
+    table.add_row("time", f"{elapsed:.1f} s")
+    console.print(table)
+    console.print(f"next: [bold]omnittt monitor {prepared.run.path}[/bold] or [bold]omnittt resume "
+                  f"{prepared.run.path} --max-steps N[/bold]")

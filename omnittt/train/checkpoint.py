@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from transformers.utils import logging as hf_logging
 
 from omnittt.atomic import atomic_directory, atomic_write_json
 from omnittt.errors import UserError
@@ -63,6 +64,7 @@ def save_checkpoint(
         if latest is not None and latest.resolve() == target.resolve():
             raise FileExistsError(f"{target} is the committed latest checkpoint; refusing to overwrite it")
         shutil.rmtree(target)
+    hf_logging.disable_progress_bar()  # one checkpoint = one line of ours, not a shard progress bar per save
     with atomic_directory(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         for item in extra_pretrained:

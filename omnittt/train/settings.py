@@ -42,6 +42,8 @@ class TrainSettings(Settings):
     max_steps: int | None = None  # optimizer steps; None = `epochs` passes over the stage's conversations
     shuffle: bool = True
     max_conversations: int | None = None  # use only the first N conversations of the stage (smoke runs)
+    val_conversations: int = 0  # hold out the last N conversations of the stage for validation
+    eval_every: int = 0  # optimizer steps between validation losses (0: only at the end; needs val_conversations)
 
     # optimisation
     lr: float | None = None  # None: the curriculum stage's learning rate
@@ -83,6 +85,8 @@ class TrainSettings(Settings):
                      "keep_checkpoints", "fp32_check_every", "log_ttt_every", "max_nonfinite_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)})", fix=f"set {name} to 1 or more")
+        if self.val_conversations < 0 or self.eval_every < 0:
+            raise UserError("val_conversations and eval_every must be >= 0", fix="use 0 to turn validation off")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"max_steps must be >= 1 (got {self.max_steps})", fix="leave it unset for one epoch")
 

@@ -1,0 +1,262 @@
+"""From settings to a ready `Trainer`: threads and seeds, the dataset and its settings checked against the model,
+the model (a preset, a local model directory or a checkpoint), parameter groups, optimizer and schedule,
+accelerate, the run directory (config.yaml, model_summary.json) and, when resuming, every piece of state.
+
+`start_run` is `omnittt train`; `resume_run` is `omnittt resume`: both end in `Trainer.fit()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omnittt.config import model_overrides
+from omnittt.errors import UserError
+from omnittt.train.checkpoint import (
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    SCHEDULER_FILE,
+    load_torch_state,
+    read_trainer_state,
+)
+from omnittt.train.loop import Trainer, TrainerState
+from omnittt.train.optim import build_optimizer, build_scheduler, group_summary
+from omnittt.train.rng import restore_rng, seed_everything
+from omnittt.train.run_dir import RunDir, find_run_dir, resolve_checkpoint
+from omnittt.train.settings import TrainSettings
+
+NO_STAGE = "none"  # --stage none: whole conversations as stored, no session packing
+
+
+@dataclass
+class Prepared:
+    """Everything `omnittt train` / `omnittt resume` show before the loop starts, and the trainer."""
+
+    settings: TrainSettings
+    trainer: Trainer
+    run: RunDir
+    config: dict[str, Any]  # what config.yaml holds
+    summary: dict[str, Any]  # what model_summary.json holds
+    resumed_from: Path | None = None
+
+
+# -- dataset vs model -------------------------------------------------------------------------------------------
+def check_dataset_matches_model(dataset_settings: dict[str, Any], model: Any, model_tokenizer: Any,
+                                data_dir: str) -> None:
+    """Refuse, in one line with the fix, a dataset made with another tokenizer, mini-batch size or speech
+    positions mode than the model uses."""
+    from omnittt.core.tokenizer import tokenizer_fingerprint
+
+    text = model.config.text_config
+    fix_data = "re-run `omnittt preprocess` with the model's settings into a new --output"
+    recorded = dataset_settings.get("tokenizer_fingerprint")
+    if model_tokenizer is not None and recorded and recorded != tokenizer_fingerprint(model_tokenizer):
+        raise UserError(f"{data_dir}: made with tokenizer {dataset_settings.get('tokenizer_name')} "
+                        f"({recorded[:12]}), the model uses another ({tokenizer_fingerprint(model_tokenizer)[:12]})",
+                        fix=f"{fix_data} (--tokenizer pointing at the model's tokenizer)")
+    vocab = dataset_settings.get("vocab_size")
+    if vocab is not None and int(vocab) > int(text.vocab_size):
+        raise UserError(f"{data_dir}: tokenizer of {vocab} tokens, the model's vocabulary has {text.vocab_size}",
+                        fix=fix_data)
+    mbs = dataset_settings.get("mini_batch_size")
+    model_mbs = getattr(text, "ttt_mini_batch_size", None)
+    if getattr(text, "ttt_layers", None) and mbs is not None and model_mbs is not None and int(mbs) != int(model_mbs):
+        raise UserError(f"{data_dir}: samples aligned to mini-batch size {mbs}, the model's TTT layers use {model_mbs}",
+                        fix=f"{fix_data} (--mini-batch-size {model_mbs}), or train with --ttt-mini-batch-size {mbs}")
+    mode = dataset_settings.get("speech_positions") or "trim"
+    if mode != model.config.speech_positions:
+        raise UserError(f"{data_dir}: speech positions {mode!r}, the model uses {model.config.speech_positions!r}",
+                        fix=f"{fix_data} (--speech-positions {model.config.speech_positions})")
+
+
+def model_tokenizer(settings: TrainSettings, model_dir: Path | None) -> Any:
+    """The tokenizer the model was made for: the one saved beside it, or the default one of the tiny preset
+    (other presets name none: the dataset's tokenizer is then checked by vocabulary size only)."""
+    from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
+
+    if model_dir is not None and (model_dir / "tokenizer_config.json").is_file():
+        return load_tokenizer(model_dir)
+    if settings.preset == "tiny":
+        return build_default_tokenizer()
+    return None
+
+
+# -- building ---------------------------------------------------------------------------------------------------
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _build_model(settings: TrainSettings, source: Path | None, apply_overrides: bool) -> Any:
+    """A preset (random init), or a local model directory / checkpoint. The model keys of the settings
+    choose the preset's shape or a released checkpoint's conversion; a resumed checkpoint carries them already."""
+    from omnittt.core.loading import load_model
+    from omnittt.core.presets import build_model
+
+    overrides = model_overrides(settings) if apply_overrides else {}
+    if source is None:
+        return build_model(settings.preset, **overrides)
+    return load_model(source, **overrides).model
+
+
+def _datasets(settings: TrainSettings) -> tuple[Any, Any | None, Any]:
+    """(train dataset, validation dataset or None, the stage or None)."""
+    from omnittt.data.curriculum import get_stage
+    from omnittt.data.dataset import ConversationDataset
+
+    stage = None if settings.stage == NO_STAGE else get_stage(settings.stage)
+    train = ConversationDataset(settings.data, stage=stage)
+    conversations = list(train.conversations)
+    if settings.max_conversations is not None:
+        conversations = conversations[: settings.max_conversations]
+    val = None
+    if settings.val_conversations:
+        if settings.val_conversations >= len(conversations):
+            raise UserError(f"val_conversations {settings.val_conversations} leaves no training conversation "
+                            f"(the stage has {len(conversations)})", fix="hold out fewer conversations")
+        val = copy.copy(train)
+        val.conversations = conversations[-settings.val_conversations:]
+        conversations = conversations[: -settings.val_conversations]
+    train.conversations = conversations
+    return train, val, stage
+
+
+def planned_steps(loader: Any, settings: TrainSettings) -> int:
+    """Optimizer steps of `settings.epochs` passes: one per `gradient_accumulation` TBPTT windows."""
+    if settings.max_steps is not None:
+        return settings.max_steps
+    windows = 0
+    for epoch in range(settings.epochs):
+        for conv_indices in loader.batch_plan(epoch):
+            exchanges = max(loader.dataset[i].num_exchanges for i in conv_indices)
+            windows += math.ceil(exchanges / settings.tbptt_turns)
+    return max(1, math.ceil(windows / settings.gradient_accumulation))
+
+
+def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Path | None,
+           console: Any) -> Prepared:
+    """`source`: where the weights come from (None: the preset); `resume`: a checkpoint whose full state
+    (optimizer, schedule, RNG, data position, threads) continues."""
+    from accelerate import Accelerator
+
+    from omnittt.core.features import build_feature_extractor
+    from omnittt.core.presets import model_summary, parameter_groups
+    from omnittt.core.tokenizer import load_tokenizer
+    from omnittt.data.dataset import ConversationLoader
+
+    trainer_state = read_trainer_state(resume) if resume is not None else None
+    threads = (trainer_state or {}).get("num_threads") or settings.num_threads or torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    seed_everything(settings.seed)
+
+    train_ds, val_ds, stage = _datasets(settings)
+    dataset_settings = dict(train_ds.store.settings)
+    model = _build_model(settings, source, apply_overrides=resume is None)
+    check_dataset_matches_model(dataset_settings, model, model_tokenizer(settings, source), settings.data)
+    if settings.gradient_checkpointing:  # ours, cache passed through (never gradient_checkpointing_enable())
+        model.language_model.enable_ttt_checkpointing(True)
+    tokenizer = load_tokenizer(train_ds.store.tokenizer_dir)
+    feature_extractor = build_feature_extractor(model.config.speech_config.num_mel_bins)
+
+    base_lr = settings.lr if settings.lr is not None else (stage.learning_rate if stage else 1e-4)
+    lrs = {name: base_lr * scale for name, scale in settings.lr_scale.items()}
+    groups = parameter_groups(model, settings.train, lrs=lrs, weight_decay=settings.weight_decay)
+    for group in groups:
+        group.setdefault("lr", base_lr)
+    optimizer = build_optimizer(groups, betas=settings.adam_betas, eps=settings.adam_eps)
+    summary = {**model_summary(model), "parameter_groups": group_summary(optimizer)}
+    if summary["num_ttt_layers"] != len(model.config.text_config.ttt_layers or []):
+        raise UserError(f"the model has {summary['num_ttt_layers']} TTT layers, its config asks for "
+                        f"{model.config.text_config.ttt_layers}", fix="check ttt_layers")
+
+    loader = ConversationLoader(train_ds, batch_size=settings.batch_size, shuffle=settings.shuffle,
+                                seed=settings.seed, feature_extractor=feature_extractor)
+    total_steps = planned_steps(loader, settings)
+    scheduler = build_scheduler(optimizer, settings.warmup_steps, total_steps, settings.min_lr_ratio)
+
+    speech_mode = model.config.speech_positions
+    accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
+                              cpu=not torch.cuda.is_available())
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    state = TrainerState(stage=settings.stage, num_threads=int(threads))
+    if trainer_state is not None:  # continue exactly
+        optimizer.load_state_dict(load_torch_state(resume, OPTIMIZER_FILE))
+        scheduler.load_state_dict(load_torch_state(resume, SCHEDULER_FILE))
+        loader.load_state_dict(trainer_state["loader"])
+        state = TrainerState(**trainer_state)
+        restore_rng(load_torch_state(resume, RNG_FILE))
+    elif settings.resume_from is not None:  # transfer / fine-tune from another run's checkpoint
+        previous = read_trainer_state(source)
+        if not settings.reset_optimizer:
+            optimizer.load_state_dict(load_torch_state(source, OPTIMIZER_FILE))
+        if not settings.reset_step:
+            scheduler.load_state_dict(load_torch_state(source, SCHEDULER_FILE))
+            state.step = int(previous["step"])
+
+    val_loader = None
+    if val_ds is not None:
+        val_loader = ConversationLoader(val_ds, batch_size=1, shuffle=False, seed=settings.seed,
+                                        feature_extractor=feature_extractor)
+    config = {
+        "settings": settings.to_dict(),
+        "dataset": dataset_settings,
+        "stage": stage.to_dict() if stage else {"name": NO_STAGE},
+        "conversations": {"train": len(train_ds), "validation": len(val_ds) if val_ds is not None else 0},
+        "total_steps": total_steps,
+        "learning_rate": base_lr,
+        "mixed_precision": accelerator.mixed_precision,
+        "num_threads": int(threads),
+        "model_source": str(source) if source is not None else f"preset:{settings.preset}",
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    run.create()
+    run.write_config(config)
+    run.write_model_summary(summary)
+    trainer = Trainer(settings, model, optimizer, scheduler, loader, run, total_steps, accelerator,
+                      speech_mode=speech_mode, extra_pretrained=(tokenizer, feature_extractor), state=state,
+                      console=console, val_loader=val_loader)
+    if trainer_state is not None:
+        trainer.metrics.drop_after(state.step)
+        trainer.ttt_logger.drop_after(state.step)
+    return Prepared(settings, trainer, run, config, summary, resumed_from=resume)
+
+
+def start_run(settings: TrainSettings, overwrite: bool = False, console: Any = None) -> Prepared:
+    """`omnittt train`: a new run (from a preset, a model directory, or `resume_from` for transfer)."""
+    settings.require_model()
+    run = RunDir(settings.run_dir)
+    if run.latest_path.exists() or run.metrics_path.exists():
+        if not overwrite:
+            raise UserError(f"{run.path} already holds a run",
+                            fix=f"continue it with `omnittt resume {run.path}`, choose another --run, "
+                                "or pass --overwrite to start over")
+        import shutil
+
+        shutil.rmtree(run.path)
+    source = Path(settings.model) if settings.model else None
+    if settings.resume_from is not None:
+        source = resolve_checkpoint(settings.resume_from)
+    return _build(settings, run, source, None, console)
+
+
+def resume_run(path: str, overrides: dict[str, Any] | None = None, console: Any = None) -> Prepared:
+    """`omnittt resume RUN`: the run's own settings (plus `overrides`, e.g. a larger max_steps) from its
+    latest checkpoint, with the optimizer, schedule, RNG, thread count and data position it saved."""
+    run = find_run_dir(path)
+    run.remove_stale()
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise UserError(f"{run.path}: no complete checkpoint to resume from",
+                        fix="start it again with omnittt train ... --overwrite")
+    recorded = run.read_config().get("settings", {})
+    settings = TrainSettings.from_dict(recorded, source=str(run.config_path)).with_overrides(overrides)
+    settings.run = str(run.path)
+    return _build(settings, run, checkpoint, checkpoint, console)
