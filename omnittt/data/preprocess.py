@@ -12,7 +12,8 @@ How it stays correct when things go wrong:
   uninterrupted run. The index files are written atomically from the journal at the end, index.json last.
 - Crash tests inject faults through `OMNITTT_FAULT_AT=phase:n[,phase:n]` (phases: `sample` after the n-th
   sample file, `rename` between a sample's temp write and its rename, `journal` in the middle of the n-th
-  journal line, `finalize` after the n-th index file); `OMNITTT_FAULT_MODE=kill` makes the fault a SIGKILL.
+  dialogue's journal line, `finalize` after the n-th index file); `OMNITTT_FAULT_MODE=kill` makes the fault
+  a SIGKILL.
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ class Journal:
     def append(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
         with open(self.path, "ab") as handle:
-            if self.faults.armed("journal"):
+            if self.faults.armed("journal") and "header" not in row:
                 handle.write(line[: len(line) // 2])
                 handle.flush()
                 self.faults.hit("journal")

@@ -1,0 +1,110 @@
+"""The espeak-ng synthetic corpus: deterministic from the seed, in the DeepDialogue-xtts layout, two voices a
+dialogue, replies that depend on what the user said, recall dialogues; `download` / `preprocess` CLI on it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from omnittt.cli.app import app
+from omnittt.data.sources import deepdialogue
+from omnittt.data.store import open_dataset
+from omnittt.data.synthetic import FOLDER, dialogue_specs, make_synthetic_corpus, number_words, speak
+from omnittt.errors import UserError
+
+
+def tree_hash(root):
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn") / "synthetic"
+    make_synthetic_corpus(root, dialogues=6, seed=3, recall_exchanges=6)
+    return root
+
+
+def test_same_seed_same_bytes_other_seed_other_corpus(corpus, tmp_path):
+    again = make_synthetic_corpus(tmp_path / "again", dialogues=6, seed=3, recall_exchanges=6, workers=1)
+    assert again.created and tree_hash(again.path) == tree_hash(corpus)
+    other = make_synthetic_corpus(tmp_path / "other", dialogues=6, seed=4, recall_exchanges=6)
+    assert tree_hash(other.path) != tree_hash(corpus)
+    assert not make_synthetic_corpus(corpus, dialogues=6, seed=3, recall_exchanges=6).created
+    with pytest.raises(UserError, match="not this synthetic corpus"):
+        make_synthetic_corpus(corpus, dialogues=7, seed=3)
+
+
+def test_real_layout_and_audio_format(corpus):
+    refs = deepdialogue.discover(corpus)
+    assert len(refs) == 6 and all(r.conversation_id.startswith(f"{FOLDER}/") for r in refs)
+    for ref in refs:
+        stem = ref.conversation_id.split("/")[1]
+        assert int(stem.rsplit("_", 1)[1]) == len(json.loads(open(ref.path).read())["conversation"])
+        conv = deepdialogue.read(corpus, ref)
+        assert conv.problem is None and all(t.problem is None for t in conv.turns)
+        assert [t.speaker for t in conv.turns] == ["LLM1", "LLM2"] * (len(conv.turns) // 2)
+        info = sf.info(str(conv.turns[0].audio_path))
+        assert (info.samplerate, info.channels, info.subtype) == (24_000, 1, "PCM_16")
+        # file names carry the RAVDESS label set, the JSON the dialogue emotions
+        assert conv.turns[0].metadata["file_emotion"] in {"happy", "neutral", "calm", "surprised", "fearful"}
+        assert conv.turns[0].metadata["emotion"] in {"enthusiastic", "curious", "relaxed", "surprised", "worried",
+                                                     "grateful"}
+    assert "\\u2019" in "".join(open(r.path).read() for r in refs)  # non-ASCII written as JSON escapes
+
+
+def test_two_voices_and_replies_that_depend_on_the_speech(corpus):
+    specs = dialogue_specs(6, seed=3, recall_exchanges=6)
+    for spec in specs:
+        assert spec.voices[0] != spec.voices[1]
+        tsv = (corpus / "data" / FOLDER / spec.stem / "metadata.tsv").read_text().splitlines()[1:]
+        actors = {row.split("\t")[2]: row.split("\t")[4] for row in tsv}
+        assert actors["LLM1"] != actors["LLM2"]
+        for user, reply in spec.exchanges:
+            numbers = re.findall(r"number (?:is )?([a-z ]+?)[.?]", user)
+            if spec.kind == "numbers" and numbers:
+                assert numbers[0] in reply
+        if spec.kind == "names":
+            name = re.search(r"my name is (\w+)", spec.exchanges[0][0]).group(1)
+            assert name in spec.exchanges[-1][1] and name not in spec.exchanges[-1][0]
+        if spec.kind == "recall":
+            code = re.search(r"code: ([a-z ]+)\.", spec.exchanges[0][0]).group(1)
+            assert len(spec.exchanges) == 6 and code in spec.exchanges[-1][1]
+            assert all(code not in user for user, _ in spec.exchanges[1:])
+    # The two voices of a dialogue sound different saying the same words.
+    spec = specs[0]
+    a, b = (speak("hello forty two", voice, pitch, spec.speed) for voice, pitch in zip(spec.voices, spec.pitches,
+                                                                                         strict=True))
+    assert len(a) != len(b) or not np.array_equal(a, b)
+
+
+def test_number_words():
+    assert [number_words(n) for n in (0, 13, 40, 42, 100, 117, 999)] == [
+        "zero", "thirteen", "forty", "forty two", "one hundred", "one hundred and seventeen",
+        "nine hundred and ninety nine"]
+
+
+def test_cli_download_then_preprocess(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    done = runner.invoke(app, ["download", "synthetic", "--dialogues", "3"])
+    assert done.exit_code == 0, done.output
+    assert (tmp_path / "synthetic" / "synthetic.json").exists()
+    done = runner.invoke(app, ["preprocess", "synthetic", "--workers", "1"])  # no paths needed
+    assert done.exit_code == 0, done.output
+    assert "omnittt-bpe" in done.output and "estimate" in done.output and "preprocess summary" in done.output
+    ds = open_dataset(tmp_path / "processed_data")
+    assert len(ds) > 0 and ds.settings["source"] == "synthetic"
+    assert not (tmp_path / "processed_data" / "errors.jsonl").read_text()
+    assert runner.invoke(app, ["download", "deepdialogue"]).exit_code == 2
+    bad = runner.invoke(app, ["preprocess", "nosuch", "x"])
+    assert bad.exit_code == 2 and "unknown source" in bad.output
