@@ -144,10 +144,11 @@ class FP32Enforcer:
     # hooks ------------------------------------------------------------------------------------------------
 
     def attach(self) -> FP32Enforcer:
-        """Check parameters before every TTT module's forward and the cache state after it."""
+        """Before every TTT module's forward check its parameters and the state it is about to read from the cache;
+        after it, the state it wrote. Drifts found go to `history` (fixed when auto_fix, raised when strict)."""
         self.detach()
         for name, module in self.modules:
-            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name)))
+            self._handles.append(module.register_forward_pre_hook(self._pre_hook(name), with_kwargs=True))
             self._handles.append(module.register_forward_hook(self._post_hook, with_kwargs=True))
         return self
 
@@ -163,21 +164,24 @@ class FP32Enforcer:
         self.detach()
 
     def _pre_hook(self, module_name: str):
-        def hook(module: torch.nn.Module, args: Any) -> None:
+        def hook(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
             report = FP32Report()
             self._check_parameters(module_name, module, report)
+            self._check_module_state(module, kwargs, report)
             self._record(report)
 
         return hook
 
     def _post_hook(self, module: torch.nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        report = FP32Report()
+        self._check_module_state(module, kwargs, report)
+        self._record(report)
+
+    def _check_module_state(self, module: torch.nn.Module, kwargs: dict[str, Any], report: FP32Report) -> None:
         cache = kwargs.get("past_key_values")
         layer_idx = getattr(module, "layer_idx", None)
-        if cache is None or layer_idx is None:
-            return
-        report = FP32Report()
-        self._check_cache(_OneLayer(cache, layer_idx), report)
-        self._record(report)
+        if cache is not None and layer_idx is not None:
+            self._check_cache(_OneLayer(cache, layer_idx), report)
 
     def _record(self, report: FP32Report) -> None:
         self.history.extend(report.drifts)
@@ -185,7 +189,7 @@ class FP32Enforcer:
 
 
 class _OneLayer:
-    """A view of one TTT layer of a cache, so a hook checks only the state its module just wrote."""
+    """A view of one TTT layer of a cache, so a hook checks only the state of its own module."""
 
     def __init__(self, cache: Any, layer_idx: int) -> None:
         self._pairs = [(i, layer) for i, layer in ttt_cache_layers(cache) if i == layer_idx]

@@ -69,3 +69,41 @@ class Lines:
 @pytest.fixture
 def lines():
     return Lines
+
+
+TTT_LAYERS = (1, 2)
+
+
+def build_tiny_ttt_model():
+    """A real converted Llama (transformers' LlamaForCausalLM + H2's TTT layers), tiny and random."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from omnittt.core.ttt_llama import convert_llama_to_ttt
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    model = convert_llama_to_ttt(LlamaForCausalLM(config), ttt_layers=list(TTT_LAYERS), mini_batch_size=16)
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_ttt_model():
+    return build_tiny_ttt_model()
+
+
+@pytest.fixture
+def ttt_turn():
+    """Run one exchange of `tokens` positions through the model; returns the cache."""
+    import torch
+
+    def run(model, cache=None, tokens: int = 32, rows: int = 2, collect: bool = True, seed: int = 1):
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, model.config.vocab_size, (rows, tokens), generator=generator)
+        cache = model.new_cache() if cache is None else cache
+        with torch.no_grad():
+            model(input_ids=ids, past_key_values=cache, use_cache=True, collect_ttt_stats=collect)
+        return cache
+
+    return run

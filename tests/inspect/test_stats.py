@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
+
 from omnittt.inspect.jsonl import JsonlTail, JsonlWriter, dumps_line, read_jsonl
 from omnittt.inspect.run_state import MonitorSettings, RunState, latest_run
 from omnittt.inspect.schemas import METRICS_FILE, TTT_STATE_FILE
@@ -170,3 +172,118 @@ def test_latest_run_is_the_most_recently_written(tmp_path, lines):
         os.utime(writer.path.parent, (stamp - 10 + index, stamp - 10 + index))
     assert latest_run(tmp_path / "runs").name == "new"
     assert latest_run(tmp_path / "nowhere") is None
+
+
+# --- the TTT-state logger on a tiny converted model (H2's TTT layers and TTTCache) --------------------------------
+
+
+def init_norms(model, layer_idx):
+    module = model.model.layers[layer_idx].self_attn
+    return {name: float(getattr(module, name).detach().norm()) for name in ("W1", "b1", "W2", "b2")}
+
+
+def state_norms(cache, layer_idx):
+    """Mean over rows of the per-row Frobenius norm of the cache's runtime state."""
+    return {name: float(t.detach().flatten(1).norm(dim=1).mean()) for name, t in cache.layers[layer_idx].state.items()}
+
+
+def test_logged_runtime_norms_leave_the_learned_init_after_turn0_and_return_after_reset(
+        tmp_path, tiny_ttt_model, ttt_turn):
+    from omnittt.inspect.stats import TTTStateLogger
+
+    model = tiny_ttt_model
+    logger = TTTStateLogger(tmp_path, interval=1, model=model)
+    cache = model.new_cache()
+    before = logger.log(0, cache)  # fresh cache: the state is the learned init
+    ttt_turn(model, cache, tokens=32)  # turn 0: two whole mini-batches of 16
+    after_turn0 = logger.log(1, cache)
+    runtime = {layer: state_norms(cache, layer) for layer in model.config.ttt_layers}
+    cache.reset()
+    after_reset = logger.log(2, cache)
+
+    records = read_jsonl(tmp_path / TTT_STATE_FILE)
+    assert records == before + after_turn0 + after_reset  # what log() returns is what the file holds
+    assert [r["layer"] for r in records] == list(model.config.ttt_layers) * 3
+    for layer in model.config.ttt_layers:
+        init = init_norms(model, layer)
+        fresh, turn0, reset = [r for r in records if r["layer"] == layer]
+        assert fresh["source"] == reset["source"] == "init"
+        assert turn0["source"] == "stats"
+        # the seed's monitor logged `init`: the runtime state has moved away from it
+        for name in ("W1", "W2", "b2"):
+            assert abs(turn0["norm"][name] - init[name]) > 1e-4 * max(init[name], 1.0), name
+        for name in ("W1", "b1", "W2", "b2"):
+            # ... to the cache's runtime state (whole mini-batches: nothing pending) ...
+            assert turn0["norm"][name] == pytest.approx(runtime[layer][name], rel=1e-5)
+            # ... and a reset brings back the learned init
+            assert fresh["norm"][name] == pytest.approx(init[name], rel=1e-6, abs=1e-7)
+            assert reset["norm"][name] == pytest.approx(init[name], rel=1e-6, abs=1e-7)
+        assert turn0["inner_loss_after"] < turn0["inner_loss_before"]  # the inner step reduced its own loss
+        assert turn0["stream_position"] == 32 and turn0["rows"] == 2
+        assert turn0["dtype"] == {name: "float32" for name in ("W1", "b1", "W2", "b2")}
+        assert turn0["nan"] == turn0["inf"] == 0 and turn0["nonfinite"] == []
+
+
+def test_a_row_reset_reports_the_learned_init_for_that_row_only(tiny_ttt_model, ttt_turn):
+    from omnittt.inspect.stats import collect_ttt_records
+
+    model = tiny_ttt_model
+    cache = ttt_turn(model, tokens=32)
+    layer = model.config.ttt_layers[0]
+    row_norms = {name: t.detach().flatten(1).norm(dim=1) for name, t in cache.layers[layer].state.items()}
+    cache.reset(0)  # row 0 starts a new conversation; row 1 carries on
+    (record,) = [r for r in collect_ttt_records(cache, 5, model) if r["layer"] == layer]
+    init = init_norms(model, layer)
+    assert record["source"] == "state"  # the stats of the last call no longer describe row 0
+    for name in ("W1", "W2"):
+        assert record["norm"][name] == pytest.approx((init[name] + float(row_norms[name][1])) / 2, rel=1e-5)
+    assert "delta" in record and record["delta"] == {}
+
+
+def test_logging_without_collected_stats_still_reports_the_runtime_norms(tiny_ttt_model, ttt_turn):
+    from omnittt.inspect.stats import collect_ttt_records
+
+    cache = ttt_turn(tiny_ttt_model, tokens=48, collect=False)
+    assert all(layer.stats is None for _, layer in cache.ttt_layers())
+    for record in collect_ttt_records(cache, 3):  # no model given: no init norms
+        assert record["source"] == "state" and "init_norm" not in record and "inner_loss_before" not in record
+        assert record["norm"] == pytest.approx(state_norms(cache, record["layer"]), rel=1e-5)
+
+
+def test_logger_interval_and_extra_fields(tmp_path, tiny_ttt_model, ttt_turn):
+    from omnittt.inspect.stats import DEFAULT_STATS_INTERVAL, TTTStateLogger
+
+    logger = TTTStateLogger(tmp_path)
+    assert logger.interval == DEFAULT_STATS_INTERVAL
+    assert [s for s in range(1, 31) if logger.wants(s)] == [s for s in range(1, 31) if s % DEFAULT_STATS_INTERVAL == 0]
+    cache = ttt_turn(tiny_ttt_model)
+    assert logger.log(DEFAULT_STATS_INTERVAL + 1, cache) == []
+    written = logger.log(2 * DEFAULT_STATS_INTERVAL, cache, extra={"stage": "8k", "turn": 0})
+    assert {(r["step"], r["stage"], r["turn"]) for r in written} == {(2 * DEFAULT_STATS_INTERVAL, "8k", 0)}
+    with pytest.raises(ValueError, match="norm"):
+        logger.log(3 * DEFAULT_STATS_INTERVAL, cache, extra={"norm": 1})
+    assert read_jsonl(tmp_path / TTT_STATE_FILE) == written
+
+
+def test_nan_state_reaches_the_file_and_the_monitor_names_its_layer(tmp_path, tiny_ttt_model, ttt_turn):
+    from omnittt.inspect.stats import TTTStateLogger
+
+    model = tiny_ttt_model
+    cache = ttt_turn(model)
+    first, second = model.config.ttt_layers
+    poisoned = cache.layers[second].state["b2"].clone()
+    poisoned[0, 1, 0, 2] = float("nan")
+    cache.layers[second].state["b2"] = poisoned
+    ttt_turn(model, cache, seed=3)  # the next exchange carries the poisoned state (row 0 only)
+    TTTStateLogger(tmp_path, interval=1, model=model).log(7, cache)
+
+    by_layer = {r["layer"]: r for r in read_jsonl(tmp_path / TTT_STATE_FILE)}
+    assert by_layer[second]["nan"] > 0 and "b2" in by_layer[second]["nonfinite"]
+    assert by_layer[second]["norm"]["b2"] is None  # the mean over rows is NaN: strict JSON null
+    assert by_layer[second]["norm_max"]["b2"] is None
+    assert by_layer[first]["nan"] == 0 and by_layer[first]["nonfinite"] == []
+    state = RunState(tmp_path)
+    state.poll()
+    (alert,) = state.alerts()
+    assert alert.kind == "nonfinite" and alert.layer == second and alert.first_step == 7
+    assert alert.message.startswith(f"layer {second}: non-finite ") and "b2" in alert.message
