@@ -16,14 +16,17 @@ from transformers import GenerationMixin, LlamaConfig, PreTrainedConfig, PreTrai
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from omnittt.core.constants import IGNORE_INDEX
+from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.speech import FULL_POSITIONS, SEGMENT_SAMPLES, SPEECH_POSITION_MODES
 from omnittt.core.speech_encoder import SpeechProjector, encode_segments, splice_speech
+from omnittt.core.ttt_cache import TTTCache
+from omnittt.core.ttt_layer import FP32_PARAMS
+from omnittt.core.ttt_llama import KEEP_FP32, TTTLlamaForCausalLM
 
 # Whisper's 30 s window: 3000 mel frames -> 1500 encoder positions. The speech arithmetic assumes it.
 WHISPER_SOURCE_POSITIONS = 1500
 # TTT parameters that hold (the initial value of) the inner state: float32 whatever the model is cast to.
-TTT_STATE_PARAMS = ("W1", "b1", "W2", "b2", "ttt_norm_weight", "ttt_norm_bias")
+TTT_STATE_PARAMS = FP32_PARAMS
 
 
 class OmniTTTConfig(PreTrainedConfig):
@@ -90,6 +93,7 @@ class OmniTTTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["LlamaDecoderLayer", "WhisperEncoderLayer"]
     _is_stateful = True
+    _keep_in_fp32_modules_strict = KEEP_FP32  # TTT inner state loads as float32 under dtype=fp16/bf16
 
     @torch.no_grad()
     def _init_weights(self, module: torch.nn.Module) -> None:
@@ -103,8 +107,6 @@ class OmniTTTPreTrainedModel(PreTrainedModel):
 class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
     def __init__(self, config: OmniTTTConfig) -> None:
         super().__init__(config)
-        from omnittt.core.ttt_llama import TTTLlamaForCausalLM
-
         self.speech_encoder = WhisperEncoder(config.speech_config)
         self.speech_projector = SpeechProjector(
             encoder_dim=config.speech_config.d_model,
@@ -157,8 +159,6 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
 
     def new_cache(self) -> Any:
         """An empty `TTTCache` for a new batch of conversations (exchange 0)."""
-        from omnittt.core.ttt_cache import TTTCache
-
         return TTTCache(self.config.text_config)
 
     # -- forward --------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def generate(  # type: ignore[override]
         self,
-        input_ids: torch.Tensor | None = None,
+        input_ids: torch.Tensor,
         input_features: torch.Tensor | None = None,
         feature_lengths: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -220,19 +220,37 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         **generate_kwargs: Any,
     ) -> Any:
         """Generate the assistant reply after a prompt that ends with the assistant header, continuing
-        `past_key_values` (the conversation's cache, updated in place). Returns the new tokens only.
-        Note that, as in any `generate()`, the last generated token has not gone through the model: feed it
-        (then `cache.end_turn()`) before the next exchange."""
-        inputs_embeds, attention_mask, _ = self.embed_inputs(
-            input_ids, input_features, feature_lengths, attention_mask
+        `past_key_values` (the conversation's `TTTCache`, updated in place; a new one when None). Takes the
+        usual `generate()` keywords (greedy, sampling, beams, streamer, ...) and returns the new tokens only
+        (or the output object with `.sequences` cut the same way). Rows of a batch must be left-padded.
+
+        As in any `generate()`, the last generated token has not gone through the model: feed it (then
+        `cache.end_turn()`) before the next exchange."""
+        if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("generation prompts must end with a real token in every row (left-pad the batch)")
+        if bool((input_ids[:, -1] == SPEECH_TOKEN_INDEX).any()):
+            raise ValueError("a generation prompt ends with the assistant header, not a speech placeholder")
+        cache = past_key_values if past_key_values is not None else self.new_cache()
+        # The prompt (with its speech) goes through our forward; generate() continues from its last token,
+        # with dummy ids standing for the positions the cache already holds (generate() skips cached ones).
+        if input_ids.shape[1] > 1:
+            head_mask = attention_mask[:, :-1] if attention_mask is not None else None
+            self(input_ids=input_ids[:, :-1], input_features=input_features, feature_lengths=feature_lengths,
+                 attention_mask=head_mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        elif input_features is not None:
+            raise ValueError("speech features were given but the prompt has no room for a placeholder")
+        seen = cache.get_seq_length()
+        batch = input_ids.shape[0]
+        pad = self.config.pad_token_id_for_splice
+        ids = torch.cat([input_ids.new_full((batch, seen), pad), input_ids[:, -1:]], dim=1)
+        generate_kwargs.setdefault("pad_token_id", pad)
+        output = self.language_model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, **generate_kwargs
         )
-        generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id_for_splice)
-        return self.language_model.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            **generate_kwargs,
-        )
+        if isinstance(output, torch.Tensor):
+            return output[:, seen + 1:]
+        output.sequences = output.sequences[:, seen + 1:]
+        return output
 
 
 def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
