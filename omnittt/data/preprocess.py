@@ -19,6 +19,7 @@ How it stays correct when things go wrong:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ import shutil
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from omnittt.errors import UserError
 TASKS = ("dialogue", "asr")
 STATE_DIR = ".preprocess"
 JOURNAL = "journal.jsonl"
+IN_FLIGHT = 4  # dialogues queued per worker
 ESTIMATE_DIALOGUES = 24  # dialogues read (evenly spread) to estimate the output size
 # Problems of an assistant turn that make its text unusable (other assistant-turn problems concern its audio,
 # which the dialogue task does not use).
@@ -266,8 +268,14 @@ def _init_worker(job: Job) -> None:
 
 def _work(ref: ConversationRef) -> DialogueResult:
     assert _JOB is not None
-    conv = get_source(_JOB.source).read(_JOB.root, ref, _JOB.source)
-    return convert(conv, _JOB)
+    try:
+        conv = get_source(_JOB.source).read(_JOB.root, ref, _JOB.source)
+        return convert(conv, _JOB)
+    except Exception as exc:  # input nobody foresaw: report the dialogue, keep the run going
+        result = DialogueResult(ref.conversation_id)
+        result.errors.append({"path": _rel(_JOB.root, ref.path), "conversation_id": ref.conversation_id,
+                              "reason": "unexpected_error", "detail": f"{exc.__class__.__name__}: {exc}"[:300]})
+        return result
 
 
 # --------------------------------------------------------------------------------------------- journal
@@ -462,8 +470,17 @@ def _results(plan: Plan, job: Job, todo: list[ConversationRef]) -> Iterator[Dial
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     ctx = multiprocessing.get_context(method)
+    # A bounded window of dialogues in flight, collected in input order: workers never run far ahead of
+    # the writer, so memory stays flat on a 40k-dialogue corpus (Pool.imap would buffer without bound).
+    refs = iter(todo)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
-        yield from pool.imap(_work, todo, chunksize=1)
+        pending = deque(pool.apply_async(_work, (ref,)) for ref in itertools.islice(refs, IN_FLIGHT * workers))
+        while pending:
+            result = pending.popleft().get()
+            following = next(refs, None)
+            if following is not None:
+                pending.append(pool.apply_async(_work, (following,)))
+            yield result
 
 
 def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], None] | None = None) -> Summary:
