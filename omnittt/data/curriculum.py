@@ -47,11 +47,12 @@ STAGES: tuple[Stage, ...] = (
 )
 
 
-def stage_names(stages: Sequence[Stage] = STAGES) -> list[str]:
-    return [stage.name for stage in stages]
+def stage_names(stages: Sequence[Stage] | None = None) -> list[str]:
+    return [stage.name for stage in (STAGES if stages is None else stages)]
 
 
-def get_stage(name: str, stages: Sequence[Stage] = STAGES) -> Stage:
+def get_stage(name: str, stages: Sequence[Stage] | None = None) -> Stage:
+    stages = STAGES if stages is None else stages
     for stage in stages:
         if stage.name == name:
             return stage
@@ -62,14 +63,14 @@ class CurriculumScheduler:
     """Walks the stage table in order. Moving to any stage other than the next one (forward jumps, or going
     back) needs `allow_skip=True`, so a resumed run cannot silently jump over a stage."""
 
-    def __init__(self, stages: Sequence[Stage] = STAGES, start: str | None = None,
+    def __init__(self, stages: Sequence[Stage] | None = None, start: str | None = None,
                  allow_skip: bool = False) -> None:
-        if not stages:
+        self.stages = tuple(STAGES if stages is None else stages)
+        if not self.stages:
             raise ValueError("a curriculum needs at least one stage")
-        self.stages = tuple(stages)
         self.index = 0
         if start is not None:
-            self.set_stage(start, allow_skip=allow_skip or self.stages.index(get_stage(start, stages)) == 0)
+            self.set_stage(start, allow_skip=allow_skip)
 
     @property
     def stage(self) -> Stage:

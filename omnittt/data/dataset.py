@@ -49,7 +49,7 @@ def dataset_prefix_len(store: Any) -> int:
     return int(store.load(first)["prefix_len"]) if first is not None else 0
 
 
-def plan_stages(data: Any, stages: Sequence[Stage] = STAGES) -> list[StagePlan]:
+def plan_stages(data: Any, stages: Sequence[Stage] | None = None) -> list[StagePlan]:
     """What each curriculum stage would train on (conversations and sessions), without loading samples
     beyond one exchange 0."""
     store = _open(data)
@@ -57,7 +57,7 @@ def plan_stages(data: Any, stages: Sequence[Stage] = STAGES) -> list[StagePlan]:
     prefix_len = dataset_prefix_len(store)
     first = first_exchange_lengths(store.index)
     mbs = _mini_batch_size(store)
-    return [plan_stage(conversations, stage, prefix_len, first, mbs) for stage in stages]
+    return [plan_stage(conversations, stage, prefix_len, first, mbs) for stage in (stages or STAGES)]
 
 
 def _mini_batch_size(store: Any) -> int:
@@ -71,7 +71,7 @@ def _mini_batch_size(store: Any) -> int:
 class ConversationDataset:
     """Conversations (or a stage's conversations and sessions) of a processed dataset, `pt` or `arrow`."""
 
-    def __init__(self, data: Any, stage: Stage | str | None = None, stages: Sequence[Stage] = STAGES) -> None:
+    def __init__(self, data: Any, stage: Stage | str | None = None, stages: Sequence[Stage] | None = None) -> None:
         self.store = _open(data)
         self.mini_batch_size = _mini_batch_size(self.store)
         self.speech_positions = self.store.settings.get("speech_positions") or "trim"
@@ -127,10 +127,14 @@ class ConversationDataset:
 
     @property
     def pad_id(self) -> int:
+        """The pad id the samples were padded with (recorded in the settings; else from the tokenizer)."""
         if not hasattr(self, "_pad_id"):
-            from omnittt.core.tokenizer import chat_tokens, load_tokenizer
+            recorded = self.store.settings.get("pad_token_id")
+            if recorded is None:
+                from omnittt.core.tokenizer import chat_tokens, load_tokenizer
 
-            self._pad_id = chat_tokens(load_tokenizer(self.store.tokenizer_dir)).pad
+                recorded = chat_tokens(load_tokenizer(self.store.tokenizer_dir)).pad
+            self._pad_id = int(recorded)
         return self._pad_id
 
 
