@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from fake_corpora import CROSS, MINI, make_conversations, make_deepdialogue
+from fake_corpora import CROSS, MINI, make_conversations, make_deepdialogue, write_dialogue
 
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.prompt import Exchange, PromptBuilder, concatenate
@@ -244,3 +244,53 @@ def test_strict_and_mismatched_rerun_are_refused(corpus, processed, tmp_path):
         preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(root), output=str(root / "x")))
     again = preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(root), output=str(out)))
     assert again.already_complete
+
+
+def test_long_turn_is_split_into_30s_segments(tmp_path):
+    root = tmp_path / "dd"
+    folder = root / "data" / CROSS
+    write_dialogue(folder, "cars_1_2", ["a long question", "a short answer"], seconds=31.0)
+    out = tmp_path / "out"
+    preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(root), output=str(out)))
+    sample = open_dataset(out).load(0)
+    assert sample["speech_lengths"].tolist() == [480_000, 16_000]
+    assert int((sample["input_ids"] == SPEECH_TOKEN_INDEX).sum()) == 2
+
+
+def test_skip_max_full_positions_and_user_speaker(corpus, processed, tmp_path):
+    root, _ = corpus
+    full_run = open_dataset(processed[0])
+    conv_order = list(dict.fromkeys(e["conversation_id"] for e in full_run.index))
+    out = tmp_path / "full"
+    summary = preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(root), output=str(out), skip=1,
+                                           max_dialogues=1, speech_positions="full"))
+    ds = open_dataset(out)
+    assert summary.stats["dialogues"] == 1 and summary.stats["dialogues_found"] == 10
+    assert {e["conversation_id"] for e in ds.index} == {conv_order[1]}  # books_9_5: the second in id order
+    for entry in ds.index:
+        s = ds.load(entry)
+        assert entry["num_tokens"] == len(s["input_ids"]) - 1 + 300 and entry["num_tokens"] % 64 == 0
+    out2 = tmp_path / "llm2"
+    preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(root), output=str(out2), max_dialogues=1,
+                                 user_speaker="LLM2"))
+    ds2 = open_dataset(out2)
+    assert [e["speaker_id"] for e in ds2.index] == ["LLM2"]  # LLM2's turn 1 + LLM1's turn 2; turn 3 has no reply
+    reasons = [json.loads(line)["reason"] for line in (out2 / "errors.jsonl").read_text().splitlines()]
+    assert reasons == ["no_user_turn", "no_reply"]
+
+
+def test_hugging_face_cache_symlinks_are_inside(tmp_path):
+    """snapshot folders link their files to ../../blobs: that is inside the cache repo, so it is accepted."""
+    repo = tmp_path / "hub" / "datasets--SALT-Research--DeepDialogue-xtts"
+    snapshot = repo / "snapshots" / "0a1b2c"
+    seg = write_dialogue(snapshot / "data" / MINI, "cars_5_2", ["hello", "hi"])
+    blobs = repo / "blobs"
+    blobs.mkdir()
+    for path in seg.iterdir():
+        blob = blobs / f"sha-{path.name}"
+        path.rename(blob)
+        path.symlink_to(Path("../../../../../../blobs") / blob.name)
+        assert path.resolve() == blob
+    out = tmp_path / "out"
+    summary = preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(snapshot), output=str(out)))
+    assert summary.stats["samples"] == 1 and summary.stats["errors"] == 0

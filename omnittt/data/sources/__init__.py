@@ -37,11 +37,21 @@ class ConversationRef:
     path: str  # absolute
 
 
+def _under(base: str, path: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
+
+
 def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
-    """True if `path` (symlinks resolved) lies inside `root`: corpus files may not point elsewhere."""
-    root_real = os.path.realpath(root)
-    real = os.path.realpath(path)
-    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+    """True if `path` stays inside `root`: as written (no `../` out of it) and with symlinks resolved. One
+    exception for symlinks: a Hugging Face cache snapshot links its files to `../../blobs/`, so inside a
+    `datasets--*` / `models--*` cache folder a link may point anywhere in that folder."""
+    if not _under(os.path.normpath(os.path.abspath(root)), os.path.normpath(os.path.abspath(path))):
+        return False
+    root_real, real = os.path.realpath(root), os.path.realpath(path)
+    if _under(root_real, real):
+        return True
+    cache_repo = next((p for p in Path(root_real).parents if p.name.startswith(("datasets--", "models--"))), None)
+    return cache_repo is not None and _under(str(cache_repo), real)
 
 
 def source_names() -> list[str]:
