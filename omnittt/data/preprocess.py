@@ -201,8 +201,9 @@ def convert(conv: Conversation, job: Job) -> DialogueResult:
                 audio = load_audio(user.audio_path)
             except AudioError as exc:
                 problem = (exc.reason, exc.path, exc.detail)
-        elif problem is None and not (user.text or "").strip():
-            problem = ("missing_audio", conv.path, f"turn {u} has neither audio nor text")
+        elif problem is None and (job.task == "asr" or not (user.text or "").strip()):
+            # a text-only user turn is fine in a dialogue, but ASR needs the speech
+            problem = ("missing_audio", conv.path, f"turn {u} has no audio")
         if problem is not None:
             error(problem[0], problem[1], problem[2], exchange=k, turn=u)
             hole = True
@@ -347,6 +348,7 @@ def _settings(options: PreprocessOptions, tok: Any, user_speaker: str | None) ->
         "speech_positions": options.speech_positions,
         **tokenizer_settings(tok),
         "pad_token_id": chat_tokens(tok).pad,
+        "prefix_len": len(PromptBuilder(tok).prefix()),
         "sample_rate": SAMPLE_RATE,
         "task": options.task,
         "user_speaker": user_speaker,

@@ -294,3 +294,29 @@ def test_hugging_face_cache_symlinks_are_inside(tmp_path):
     out = tmp_path / "out"
     summary = preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(snapshot), output=str(out)))
     assert summary.stats["samples"] == 1 and summary.stats["errors"] == 0
+
+
+def test_cli_strict_exits_2_naming_the_file(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnittt.cli.app import app
+
+    root, _ = corpus
+    done = CliRunner().invoke(app, ["preprocess", "deepdialogue", str(root), "--output", str(tmp_path / "o"),
+                                    "--strict", "--workers", "1"])
+    assert done.exit_code == 2
+    assert "--strict" in done.output and "books_9_5" in done.output  # the first dialogue with a skip
+
+
+def test_asr_needs_speech_in_the_conversations_layout(tmp_path):
+    root = tmp_path / "convs"
+    make_conversations(root)
+    out = tmp_path / "out"
+    preprocess(PreprocessOptions(source="conversations", input_dir=str(root), output=str(out), task="asr"))
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    # conv_a: turn 1 is text only -> missing_audio, then after_hole
+    assert [(e["conversation_id"], e["reason"]) for e in errors if e["conversation_id"] == "conv_a"] == [
+        ("conv_a", "missing_audio"), ("conv_a", "after_hole"), ("conv_a", "after_hole")]
+    ds = open_dataset(out)
+    assert [e["conversation_id"] for e in ds.index].count("conv_b") == 4
+    assert ds.settings["prefix_len"] == ds.load(0)["prefix_len"]
