@@ -19,7 +19,6 @@ import json
 import random
 import shutil
 import subprocess
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +185,7 @@ class SyntheticSummary:
 
 
 def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0, recall_exchanges: int = 8,
-                          workers: int = 2, progress: Any = None,
-                          on_dialogue: Callable[[int], None] | None = None) -> SyntheticSummary:
+                          workers: int = 2, progress: Any = None) -> SyntheticSummary:
     """Write the corpus to `target` (atomically: a killed run leaves nothing under that name). If `target`
     already holds the same corpus (same dialogues, seed and recall length) nothing is redone."""
     if shutil.which("espeak-ng") is None:
@@ -225,8 +223,6 @@ def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0
         folder.mkdir(parents=True)
         for d, spec in enumerate(specs):
             _write_dialogue(folder, spec, audio[d])
-            if on_dialogue is not None:
-                on_dialogue(d)
         atomic_write_json(tmp / MARKER, {**params, "turns": len(utterances), "audio_sec": round(total_sec, 3),
                                          "generator": "espeak-ng"})
     return SyntheticSummary(target, dialogues, len(utterances), total_sec, created=True)
