@@ -213,8 +213,21 @@ class Batch(Sequence):
         return self._loader.collator(rows, turns, self.conversation_ids)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for k in range(len(self)):
-            yield self[k]
+        """Steps in order; with prefetch, step k + 1 is loaded and featurised in a thread while the caller
+        works on step k (torch and numpy release the GIL), so the model rarely waits for data."""
+        if not self._loader.prefetch or len(self) == 1:
+            for k in range(len(self)):
+                yield self[k]
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="omnittt-prefetch") as pool:
+            pending = pool.submit(self.__getitem__, 0)
+            for k in range(len(self)):
+                step = pending.result()
+                if k + 1 < len(self):
+                    pending = pool.submit(self.__getitem__, k + 1)
+                yield step
 
 
 class ConversationLoader:
@@ -224,7 +237,7 @@ class ConversationLoader:
 
     def __init__(self, dataset: ConversationDataset, batch_size: int = 1, shuffle: bool = True, seed: int = 0,
                  feature_extractor: Any = None, compute_features: bool = True, num_replicas: int = 1,
-                 rank: int = 0) -> None:
+                 rank: int = 0, prefetch: bool = True) -> None:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}", fix="use --batch-size 1 or more")
         self.dataset = dataset
@@ -233,6 +246,7 @@ class ConversationLoader:
         self.seed = seed
         self.num_replicas = num_replicas
         self.rank = rank
+        self.prefetch = prefetch
         self.collator = ExchangeCollator(dataset.pad_id, feature_extractor, compute_features)
         self.epoch = 0
         self.next_batch = 0
@@ -254,6 +268,8 @@ class ConversationLoader:
             batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
             if self.shuffle:
                 rng.shuffle(batches)
+        if self.num_replicas > 1:  # every process gets the same number of batches, or the last one would wait
+            batches = batches[:len(batches) - len(batches) % self.num_replicas]
         return batches[self.rank::self.num_replicas]
 
     def __len__(self) -> int:
@@ -271,11 +287,18 @@ class ConversationLoader:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "next_batch": self.next_batch, "seed": self.seed,
                 "batch_size": self.batch_size, "shuffle": self.shuffle, "num_replicas": self.num_replicas,
-                "num_conversations": len(self.dataset)}
+                "num_conversations": len(self.dataset), "conversations_sha1": self._fingerprint()}
+
+    def _fingerprint(self) -> str:
+        import hashlib
+
+        ids = "\n".join(conv.conversation_id for conv in self.dataset.conversations)
+        return hashlib.sha1(ids.encode("utf-8")).hexdigest()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = self.state_dict()
-        changed = [key for key in ("seed", "batch_size", "shuffle", "num_replicas", "num_conversations")
+        changed = [key for key in ("seed", "batch_size", "shuffle", "num_replicas", "num_conversations",
+                                   "conversations_sha1")
                    if key in state and state[key] != mine[key]]
         if changed:
             raise UserError(

@@ -202,3 +202,13 @@ def test_empty_stage_says_what_to_do(data):
     with pytest.raises(UserError, match="stage 8k is empty") as info:
         ConversationDataset(data, stage="8k")
     assert "omnittt curriculum" in info.value.fix
+
+
+def test_replicas_split_one_order_evenly(data):
+    dataset = ConversationDataset(data)
+    whole = ConversationLoader(dataset, batch_size=2, seed=2, compute_features=False).batch_plan(0)
+    ranks = [ConversationLoader(dataset, batch_size=2, seed=2, compute_features=False, num_replicas=2, rank=r)
+             for r in (0, 1)]
+    plans = [loader.batch_plan(0) for loader in ranks]
+    assert len(plans[0]) == len(plans[1]) == len(whole) // 2  # equal counts: no process waits on another
+    assert [b for pair in zip(*plans, strict=True) for b in pair] == whole[:2 * len(plans[0])]
