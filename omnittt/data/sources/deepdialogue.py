@@ -23,7 +23,8 @@ from omnittt.errors import UserError
 
 FOLDER_PREFIX = "dialogues_"
 AUDIO_SUFFIXES = (".wav", ".flac")
-_SEGMENT = re.compile(r"^(\d{3})_([^_]+)_(.+)$")
+# NNN_<speaker>[_<emotion>].<ext>; the emotion part is optional so that renamed copies still match.
+_SEGMENT = re.compile(r"^(\d{3})_([^_.]+)(?:_(.+))?\.[A-Za-z0-9]+$")
 _HF_CACHE_MODEL = re.compile(r"models--([^/]+?)--([^/]+)")
 
 
@@ -122,7 +123,7 @@ def read(root: Path, ref: ConversationRef, source: str = "deepdialogue") -> Conv
         match = _SEGMENT.match(names[0])
         assert match is not None
         turn.audio_path = path
-        turn.metadata["file_emotion"] = match.group(3).rsplit(".", 1)[0]
+        turn.metadata["file_emotion"] = match.group(3)
         if match.group(2) != turn.speaker:
             turn.problem, turn.problem_path = "speaker_mismatch", str(path)
         elif not is_inside(root, path):
