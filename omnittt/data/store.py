@@ -107,7 +107,7 @@ def _arrow_rows(paths: list[str]) -> Iterator[dict[str, Any]]:
 
     for path in paths:
         sample = torch.load(path, weights_only=True)
-        row = {key: sample[key].reshape(-1).tolist() for key in TENSOR_KEYS}
+        row = {key: sample[key].reshape(-1).numpy() for key in TENSOR_KEYS}
         row.update({key: sample[key] for key in SCALAR_KEYS})
         yield row
 
