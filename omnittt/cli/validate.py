@@ -54,7 +54,7 @@ def render(report: Any, console: Any) -> None:
     colours = {"pass": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
     table = Table(title=f"validate {report.data_dir} ({report.format})", title_justify="left")
     for column, justify in (("check", "left"), ("status", "left"), ("pass", "right"), ("warn", "right"),
-                            ("fail", "right"), ("first offenders", "left")):
+                            ("fail", "right"), ("skip", "right"), ("first offenders", "left")):
         table.add_column(column, justify=justify, overflow="fold")
     for name, check in report.checks.items():
         colour = colours[check.status]
@@ -63,7 +63,8 @@ def render(report: Any, console: Any) -> None:
         if more > 0:
             shown.append(f"[dim]... {more} more[/dim]")
         table.add_row(name, f"[{colour}]{check.status}[/]", str(check.passed), str(check.warned),
-                      str(check.failed), "\n".join(shown) or f"[dim]{check.description}[/dim]")
+                      str(check.failed), str(check.skipped) if check.skipped else "",
+                      "\n".join(shown) or f"[dim]{check.description}[/dim]")
     console.print(table)
     stats = report.token_stats
     if stats:

@@ -67,6 +67,7 @@ CLIP_LEVEL = 0.999
 CLIP_SHARE_WARN = 0.001
 DURATION_TOLERANCE_SEC = 1e-3
 OUTLIER_IQR = 3.0
+MIN_SAMPLES_PER_WORKER = 64  # below this, checking in-process beats starting a pool
 MAX_OFFENDERS = 200  # kept per check in the JSON report (all are counted)
 
 
@@ -309,8 +310,11 @@ def check_sample(sample: Any, entry: dict[str, Any], rules: SampleRules) -> tupl
     mask = sample["attention_mask"].numpy()
     out["audio"] = _audio(speech, lengths, ids, entry)
     positions = None
-    if rules.mini_batch_size and out["audio"][0] != FAIL:
+    try:  # needs well-formed segment lengths (the audio check names them when they are not)
         positions = sample_positions(len(ids), lengths.tolist(), rules.speech_positions)
+    except ValueError:
+        pass
+    if rules.mini_batch_size and positions is not None:
         out["alignment"] = _alignment(positions, ids, mask, sample, entry, rules)
     else:
         out["alignment"] = (SKIP, "")
@@ -581,7 +585,7 @@ def validate_dataset(
     results: list[tuple] = []
     counts = np.zeros(rules.vocab_size or 1, dtype=np.int64)
     done = 0
-    if workers == 1 or len(safe) < 2 * chunk:  # too little to spread: a pool would cost more than it saves
+    if workers == 1 or len(safe) < workers * MIN_SAMPLES_PER_WORKER:  # a pool would cost more than it saves
         workers = 1
         _init_worker(rules)
         outputs: Iterable[tuple] = map(_check_chunk, _chunks(safe, chunk))

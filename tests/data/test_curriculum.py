@@ -133,9 +133,9 @@ def test_cli_table_write_and_empty_stages(data, truth, tmp_path):
 
 
 def test_write_lists_a_stage(data, truth, tmp_path, monkeypatch):
-    import omnittt.data.curriculum as curriculum
     from typer.testing import CliRunner
 
+    import omnittt.data.curriculum as curriculum
     from omnittt.cli.app import app
 
     # The CLI reads THE stage table; point it at small stages to get a non-empty list from the fixture.
