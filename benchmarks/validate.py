@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -77,16 +78,21 @@ def main() -> None:
     rows = []
     for workers in args.workers:
         validate_dataset(data, workers=workers)  # warm the page cache (and this process' imports)
+        cpu = time.process_time()
         report = validate_dataset(data, workers=workers)
+        if workers == 1:  # in-process: CPU time is the cost on a free core, whatever else the machine runs
+            cpu_ms = (time.process_time() - cpu) / report.checked_samples * 1000
         assert report.ok, {name: c.offenders[:2] for name, c in report.checks.items() if c.failed}
         speech = report.token_stats["speech_sec"]
         rows.append((workers, report.checked_samples, report.elapsed_sec, report.samples_per_sec, speech["min"]))
     print(f"\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} cores")
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f} (other work on the machine)")
     print("| workers | samples | speech per exchange (min) | seconds | samples/s |")
     print("|---:|---:|---:|---:|---:|")
     for workers, n, elapsed, rate, min_speech in rows:
         print(f"| {workers} | {n} | {min_speech:.1f} s | {elapsed:.2f} | {rate:.0f} |")
+    if 1 in args.workers:
+        print(f"\nCPU time per sample with 1 worker: {cpu_ms:.2f} ms -> {2000 / cpu_ms:.0f} samples/s on 2 free cores")
     print(f"\nfloor: a bare torch.load(weights_only=True) of every sample, 1 process: {bare:.0f} samples/s "
           f"(validate with 1 worker runs at {rows[0][3] / bare:.0%} of it)")
     if len(rows) > 1:
