@@ -451,15 +451,27 @@ def _prepare_output(plan: Plan) -> None:
             raise UserError(f"{out}: not a processed dataset, refusing to delete it for --overwrite",
                             fix="choose another --output")
         shutil.rmtree(out)
-    if out.exists() and any(out.iterdir()) and not (out / STATE_DIR / JOURNAL).exists():
-        what = "a processed dataset" if (out / store.INDEX_FILE).exists() else "other files"
-        raise UserError(f"{out}: already holds {what}", fix="add --overwrite, or pick another --output")
+    if out.exists() and not (out / STATE_DIR / JOURNAL).exists():
+        # Only what a run killed before its first journal line leaves may be there.
+        foreign = [p for p in out.iterdir() if p.name not in (STATE_DIR, store.TOKENIZER_DIR)
+                   and not p.name.endswith(".tmp")]
+        if foreign:
+            what = "a processed dataset" if (out / store.INDEX_FILE).exists() else "other files"
+            raise UserError(f"{out}: already holds {what}", fix="add --overwrite, or pick another --output")
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     # Leftovers of a killed run: temp files of atomic writes, a half-built arrow folder or cache.
     for stray in [*out.glob(".*.tmp"), *out.glob(f"{store.SAMPLES_DIR}/*/.*.tmp"), *out.glob(".arrow_cache.*")]:
         shutil.rmtree(stray, ignore_errors=True) if stray.is_dir() else stray.unlink(missing_ok=True)
-    if not (out / store.TOKENIZER_DIR).exists():
-        with atomic_directory(out / store.TOKENIZER_DIR) as tmp:
+
+
+def _save_tokenizer(plan: Plan, fresh: bool) -> None:
+    """A fresh run replaces any tokenizer left by a run killed before its journal existed; a resumed run
+    has had its tokenizer fingerprint checked against the journal, so what is there is right."""
+    target = plan.output / store.TOKENIZER_DIR
+    if fresh and target.exists():
+        shutil.rmtree(target)
+    if not target.exists():
+        with atomic_directory(target) as tmp:
             plan.tokenizer.save_pretrained(str(tmp))
 
 
@@ -503,6 +515,7 @@ def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], N
         journal.append({"header": header})
     else:
         _check_resume(out, old_header, header)
+    _save_tokenizer(plan, fresh=old_header is None)
     if (out / store.INDEX_FILE).exists() and len(records) == len(plan.refs):
         stats = json.loads((out / store.STATS_FILE).read_text())
         return Summary(stats, out, len(records), already_complete=True)

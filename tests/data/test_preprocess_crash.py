@@ -5,6 +5,7 @@ uses a real SIGKILL from the fault point, the slow one a SIGKILL from outside at
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -134,3 +135,17 @@ def test_sigkill_from_outside_at_any_moment(tmp_path):
     summary = preprocess(PreprocessOptions(source="deepdialogue", input_dir=str(corpus), output=str(out)))
     assert summary.stats["resumed_from_dialogue"] >= 11
     assert digest(out) == reference
+
+
+def test_killed_before_the_first_journal_line(corpus, reference, tmp_path):
+    """A run killed after it made its folders but before the journal header: the rerun starts fresh and
+    replaces whatever tokenizer folder was left (it might come from other flags)."""
+    out = tmp_path / "processed"
+    (out / ".preprocess").mkdir(parents=True)
+    (out / "tokenizer").mkdir()
+    (out / "tokenizer" / "tokenizer.json").write_text("{}")
+    (out / ".index.json.abc.tmp").write_text("half")
+    preprocess(_options(corpus, out))
+    assert digest(out) == reference
+    assert json.loads((out / "tokenizer" / "tokenizer.json").read_text()) != {}
+    assert not list(out.glob("*.tmp"))
