@@ -108,3 +108,12 @@ def test_cli_download_then_preprocess(tmp_path, monkeypatch):
     assert runner.invoke(app, ["download", "deepdialogue"]).exit_code == 2
     bad = runner.invoke(app, ["preprocess", "nosuch", "x"])
     assert bad.exit_code == 2 and "unknown source" in bad.output
+
+
+def test_output_size_estimate_is_close(corpus, tmp_path):
+    from omnittt.data.preprocess import PreprocessOptions, plan, run
+
+    the_plan = plan(PreprocessOptions(source="synthetic", input_dir=str(corpus), output=str(tmp_path / "o")))
+    run(the_plan)
+    actual = sum(p.stat().st_size for p in (tmp_path / "o" / "samples").rglob("*.pt"))
+    assert 0.8 < the_plan.estimate_bytes / actual < 1.25
