@@ -480,12 +480,13 @@ def _tokens(ids: Any, rules: SampleRules) -> tuple[str, str]:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(rules: SampleRules) -> None:
-    import torch
-
+def _init_worker(rules: SampleRules, pooled: bool = True) -> None:
     from omnittt.data.store import open_dataset
 
-    torch.set_num_threads(1)
+    if pooled:  # one thread per worker process; never change the caller's own torch settings
+        import torch
+
+        torch.set_num_threads(1)
     _WORKER["rules"] = rules
     _WORKER["store"] = open_dataset(rules.data_dir)
 
@@ -587,7 +588,7 @@ def validate_dataset(
     done = 0
     if workers == 1 or len(safe) < workers * MIN_SAMPLES_PER_WORKER:  # a pool would cost more than it saves
         workers = 1
-        _init_worker(rules)
+        _init_worker(rules, pooled=False)
         outputs: Iterable[tuple] = map(_check_chunk, _chunks(safe, chunk))
         pool = None
     else:

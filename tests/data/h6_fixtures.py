@@ -28,7 +28,7 @@ def synthetic_corpus(base: Path) -> Path:
     return target
 
 
-def processed(base: Path, source: str = "synthetic", fmt: str = "pt") -> Path:
+def processed(base: Path, source: str = "synthetic", fmt: str = "pt", speech_positions: str = "trim") -> Path:
     """The preprocessor's output for `source` (`synthetic`, `deepdialogue` or `conversations`) in `fmt`."""
     from omnittt.data.preprocess import PreprocessOptions, preprocess
 
@@ -36,9 +36,9 @@ def processed(base: Path, source: str = "synthetic", fmt: str = "pt") -> Path:
 
     def build(target: Path) -> None:
         preprocess(PreprocessOptions(source=source, input_dir=str(corpus), output=str(target), format=fmt,
-                                     workers=1))
+                                     speech_positions=speech_positions, workers=1))
 
-    return _once(base, f"processed_{source}_{fmt}", build)
+    return _once(base, f"processed_{source}_{fmt}_{speech_positions}", build)
 
 
 def conversations_corpus(base: Path) -> Path:

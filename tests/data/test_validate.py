@@ -25,9 +25,10 @@ def clean_pt(h6_base) -> Path:
     return processed(h6_base, "synthetic", "pt")
 
 
-@pytest.mark.parametrize("source,fmt", [("synthetic", "pt"), ("deepdialogue", "arrow"), ("conversations", "pt")])
-def test_clean_on_every_source(h6_base, source, fmt):
-    data = processed(h6_base, source, fmt)
+@pytest.mark.parametrize("source,fmt,mode", [("synthetic", "pt", "trim"), ("deepdialogue", "arrow", "trim"),
+                                             ("conversations", "pt", "trim"), ("conversations", "pt", "full")])
+def test_clean_on_every_source(h6_base, source, fmt, mode):
+    data = processed(h6_base, source, fmt, mode)
     report = validate_dataset(data, workers=1)
     failures = {name: check.offenders for name, check in report.checks.items() if check.failed}
     assert failures == {}
@@ -205,3 +206,16 @@ def test_cli_exit_codes_and_report(clean_pt, tmp_path):
     assert result.exit_code == 1 and rel in re.sub(r"[\s│]", "", result.output)  # named, however wrapped
     result = runner.invoke(app, ["validate", str(tmp_path / "nothing")])
     assert result.exit_code == 2
+
+
+def test_alignment_uses_the_recorded_speech_positions(h6_base, tmp_path):
+    """Positions are those the model sees: a `full` dataset (300 positions per segment) read as `trim` is
+    misaligned, which text-token counting (the seed's validator) could never notice."""
+    data = copy_dataset(processed(h6_base, "conversations", "pt", "full"), tmp_path / "relabelled")
+    stats = json.loads((data / "preprocessing_stats.json").read_text())
+    stats["settings"]["speech_positions"] = "trim"
+    (data / "preprocessing_stats.json").write_text(json.dumps(stats))
+    report = validate_dataset(data, workers=1)
+    speech = [e for e in _index(data) if e["audio_duration_sec"] > 0]
+    assert report.checks["alignment"].failed == len(speech) > 0
+    assert report.checks["alignment"].passed == len(_index(data)) - len(speech)  # text-only exchanges still fit
