@@ -212,10 +212,11 @@ def convert(conv: Conversation, job: Job) -> DialogueResult:
         if part is None:
             part_number += 1
             part_id = conv.conversation_id if part_number == 1 else f"{conv.conversation_id}#{part_number}"
-            part = {"conversation_id": part_id, "num_turns": 0, "total_tokens": 0, "duration_sec": 0.0,
-                    "source": conv.source, "group": conv.group, "source_path": _rel(root, conv.path),
-                    **({"split_from": conv.conversation_id} if part_number > 1 else {}),
-                    **conv.metadata, "num_samples": 0}
+            # source metadata first, so a corpus key never overrides the fields the loader relies on
+            part = {**conv.metadata, "conversation_id": part_id, "num_turns": 0, "total_tokens": 0,
+                    "duration_sec": 0.0, "source": conv.source, "group": conv.group,
+                    "source_path": _rel(root, conv.path), "num_samples": 0,
+                    **({"split_from": conv.conversation_id} if part_number > 1 else {})}
             result.conversations.append(part)
         speech_text = "" if audio is not None else (user.text or "")
         sample = _sample(job, part, audio, speech_text, reply or "", user.speaker)
