@@ -320,3 +320,24 @@ def test_asr_needs_speech_in_the_conversations_layout(tmp_path):
     ds = open_dataset(out)
     assert [e["conversation_id"] for e in ds.index].count("conv_b") == 4
     assert ds.settings["prefix_len"] == ds.load(0)["prefix_len"]
+
+
+def test_cli_defaults_are_the_options_defaults():
+    """The flags' defaults and PreprocessOptions' defaults are one set of values (the CLI shows them in --help)."""
+    import dataclasses
+
+    import typer
+
+    from omnittt.cli.app import app
+
+    command = typer.main.get_command(app).commands["preprocess"]
+    cli = {p.name: p.default for p in command.params if not p.required}
+    renamed = {"fmt": "format"}
+    defaults = {f.name: f.default for f in dataclasses.fields(PreprocessOptions)}
+    compared = 0
+    for name, value in cli.items():
+        key = renamed.get(name, name)
+        if key in defaults and key != "workers":  # workers: the CLI default is all cores
+            assert (str(value) if isinstance(value, Path) else value) == defaults[key], key
+            compared += 1
+    assert compared >= 12
