@@ -175,7 +175,9 @@ class ExchangeCollator:
             "conversation_ids": list(conversation_ids),
             "num_positions": num_positions,
         }
-        assert int((input_ids == SPEECH_TOKEN_INDEX).sum()) == len(segments), "placeholders != segments"
+        if int((input_ids == SPEECH_TOKEN_INDEX).sum()) != len(segments):
+            raise UserError(f"exchange of {', '.join(conversation_ids)}: <speech> placeholders and audio segments "
+                            "differ in number", fix="run `omnittt validate` on the dataset to find the sample")
         if self.compute_features:
             step["input_features"], step["feature_lengths"] = self.features(segments)
         else:
