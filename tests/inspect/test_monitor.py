@@ -202,3 +202,58 @@ def test_once_errors_are_one_line_with_a_fix(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no such run directory" in result.output
     result = runner.invoke(cli_app, ["monitor", str(tmp_path), "--json"])
     assert result.exit_code == 2 and "--json needs --once" in result.output
+
+
+# --- slow tier: a real `omnittt train` writes the run directory while the monitor reads it -----------------------
+
+
+@pytest.fixture(scope="module")
+def spoken_dialogues(tmp_path_factory):
+    from omnittt.data.preprocess import PreprocessOptions, preprocess
+    from omnittt.data.synthetic import make_synthetic_corpus
+
+    root = tmp_path_factory.mktemp("monitor_live")
+    make_synthetic_corpus(root / "corpus", dialogues=4, seed=0, recall_exchanges=5, workers=2)
+    preprocess(PreprocessOptions(source="synthetic", input_dir=str(root / "corpus"), output=str(root / "processed"),
+                                 mini_batch_size=16, workers=2))
+    return root / "processed"
+
+
+def _summary(run_dir) -> dict:
+    result = runner.invoke(cli_app, ["monitor", str(run_dir), "--once", "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.slow
+def test_once_json_follows_a_live_training_run(spoken_dialogues, tmp_path):
+    import subprocess
+    import sys
+
+    run_dir, max_steps = tmp_path / "live", 24
+    command = [sys.executable, "-m", "omnittt", "train", "--preset", "tiny", "--data", str(spoken_dialogues),
+               "--stage", "none", "--run", str(run_dir), "--ttt-mini-batch-size", "16", "--batch-size", "2",
+               "--tbptt-turns", "2", "--num-threads", "1", "--max-steps", str(max_steps), "--save-every", "8",
+               "--set", "log_ttt_every=2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        seen: list[int] = []
+        deadline = time.time() + 600
+        while time.time() < deadline and process.poll() is None and len(set(seen)) < 2:
+            if run_dir.is_dir():
+                summary = _summary(run_dir)
+                if summary["step"] is not None and not summary["finished"]:
+                    seen.append(summary["step"])
+            time.sleep(0.1)
+        assert len(set(seen)) >= 2, f"saw steps {seen} before the run ended"
+        assert seen == sorted(seen)  # the step only advances
+        stderr = process.communicate(timeout=600)[1]
+        assert process.returncode == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+    final = _summary(run_dir)
+    assert final["finished"] and final["step"] == max_steps and final["last_checkpoint"] == f"step_{max_steps}"
+    assert [layer["layer"] for layer in final["layers"]] == [2, 3]  # the tiny preset's TTT layers
+    assert final["fp32"]["ok"] is True and final["alerts"] == []
+    assert all(layer["step"] == max_steps for layer in final["layers"])
