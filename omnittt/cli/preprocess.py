@@ -80,6 +80,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
 def _print_plan(plan: Any) -> None:
     from rich.panel import Panel
     from rich.table import Table
@@ -98,7 +102,7 @@ def _print_plan(plan: Any) -> None:
                  f"mini-batch {s['mini_batch_size']}  speech positions {s['speech_positions']}  "
                  f"{'split at holes' if s['split_at_holes'] else 'truncate at holes'}  workers {o.workers}")
     if plan.estimate_bytes is not None:
-        grid.add_row("estimate", f"~{_size(plan.estimate_bytes)} on disk, ~{plan.estimate_speech_sec / 3600:.2f} h "
+        grid.add_row("estimate", f"~{_size(plan.estimate_bytes)} on disk, ~{_duration(plan.estimate_speech_sec)} "
                      "of user speech (from the headers of a few dialogues)")
     if plan.done:
         grid.add_row("resume", f"{plan.done} of {len(plan.refs)} dialogues already done: continuing")
@@ -140,7 +144,7 @@ def _print_summary(summary: Any) -> None:
     table.add_row("dialogues", f"{st['dialogues']} ({st['dialogues_with_samples']} with samples)")
     table.add_row("conversations", str(st["conversations"]))
     table.add_row("samples (exchanges)", str(st["samples"]))
-    table.add_row("user speech", f"{st['speech_hours']:.3f} h")
+    table.add_row("user speech", _duration(st["speech_sec"]))
     pad = st["padding_tokens"] / st["total_tokens"] if st["total_tokens"] else 0.0
     table.add_row("positions", f"{st['total_tokens']:,} ({pad:.1%} alignment padding)")
     table.add_row("converted files", f"{st['converted_files']} (resampled / downmixed to 16 kHz mono)")
