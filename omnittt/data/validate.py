@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import posixpath
 import random
 import time
 from collections import Counter, defaultdict
@@ -172,13 +173,52 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def inside(data_dir: Path, rel: Any) -> bool:
-    """A relative path that stays inside the dataset directory (no absolute paths, no `..` escapes)."""
-    if not isinstance(rel, str) or not rel or os.path.isabs(rel):
-        return False
-    root = data_dir.resolve()
-    target = (root / rel).resolve()
+def inside(root: Path, path: Path) -> bool:
+    """`path` (symlinks resolved) lies inside the resolved dataset directory `root`."""
+    target = path.resolve()
     return target == root or root in target.parents
+
+
+class SampleFiles:
+    """Which index paths are safe to load: relative, no `..` escape, no symlink leading out of the dataset,
+    and present. One directory listing per shard folder instead of a stat + resolve per file (the index of a
+    large dataset has hundreds of thousands of entries)."""
+
+    def __init__(self, data_dir: Path, rels: Iterable[Any]) -> None:
+        self.root = data_dir.resolve()
+        self.present: set[str] = set()
+        self.escaping: set[str] = set()
+        folders = {posixpath.dirname(rel) for rel in map(self.normal, rels) if rel is not None}
+        for folder in folders:
+            if not inside(self.root, self.root / folder):  # the folder itself is a link out
+                self.escaping.add(folder)
+                continue
+            try:
+                with os.scandir(self.root / folder) as entries:
+                    for entry in entries:
+                        rel = posixpath.join(folder, entry.name) if folder else entry.name
+                        if entry.is_symlink() and not inside(self.root, Path(entry.path)):
+                            self.escaping.add(rel)
+                        elif entry.is_file():
+                            self.present.add(rel)
+            except (FileNotFoundError, NotADirectoryError, PermissionError):
+                pass
+
+    @staticmethod
+    def normal(rel: Any) -> str | None:
+        """The normalised relative path, or None for an absolute path / a `..` escape / not a path."""
+        if not isinstance(rel, str) or not rel or os.path.isabs(rel):
+            return None
+        rel = posixpath.normpath(rel.replace(os.sep, "/"))
+        return None if rel == ".." or rel.startswith("../") else rel
+
+    def problem(self, rel: Any) -> str | None:
+        normal = self.normal(rel)
+        if normal is None or normal in self.escaping or posixpath.dirname(normal) in self.escaping:
+            return f"file_path {rel!r} is not a relative path inside the dataset"
+        if normal not in self.present:
+            return f"file {rel} does not exist"
+        return None
 
 
 # ----------------------------------------------------------------------------------------------- structure
@@ -220,23 +260,19 @@ def check_settings(store: Any, result: CheckResult) -> tuple[dict[str, Any], Any
 
 def check_index(store: Any, mini_batch_size: int | None, result: CheckResult) -> set[int]:
     """Index entries; returns the sample ids whose files are safe to load."""
-    data_dir = Path(store.data_dir)
+    files = SampleFiles(Path(store.data_dir), (e.get("file_path") for e in store.index)) \
+        if store.format == "pt" else None
     counts = Counter(entry.get("sample_id") for entry in store.index)
     loadable: set[int] = set()
     for entry in store.index:
-        name = sample_name(entry)
         problems = [f"missing field {key}" for key in INDEX_FIELDS if key not in entry]
         sid = entry.get("sample_id")
         if counts[sid] > 1:
             problems.append(f"sample_id {sid} appears {counts[sid]} times")
         if not _is_int(sid) or sid < 0 or (store.format == "arrow" and sid >= len(store.index)):
             problems.append(f"sample_id {sid!r} is not a valid id")
-        if store.format == "pt":
-            rel = entry.get("file_path")
-            if not inside(data_dir, rel):
-                problems.append(f"file_path {rel!r} is not a relative path inside the dataset")
-            elif not (data_dir / rel).is_file():
-                problems.append(f"file {rel} does not exist")
+        if files is not None and (problem := files.problem(entry.get("file_path"))):
+            problems.append(problem)
         num_tokens, original = entry.get("num_tokens"), entry.get("original_length")
         if _is_int(num_tokens) and _is_int(original):
             if mini_batch_size and num_tokens % mini_batch_size:
@@ -244,7 +280,7 @@ def check_index(store: Any, mini_batch_size: int | None, result: CheckResult) ->
             if not 0 < original <= num_tokens:
                 problems.append(f"original_length {original} not in 1..num_tokens ({num_tokens})")
         if problems:
-            result.add(FAIL, name, "; ".join(problems))
+            result.add(FAIL, sample_name(entry), "; ".join(problems))
         else:
             result.add(PASS)
             loadable.add(sid)

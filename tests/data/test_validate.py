@@ -134,10 +134,15 @@ def test_structural_checks_name_the_offender(clean_pt, tmp_path):
     index[dup]["sample_id"] = index[dup - 1]["sample_id"]
     index[turn]["turn_number"] = 1  # the conversation now has turn 1 twice and no turn 2
     _write_index(data, index)
+    link = 10  # a sample file that is a symlink to a file outside the dataset
+    outside = tmp_path / "elsewhere.pt"
+    (data / index[link]["file_path"]).rename(outside)
+    (data / index[link]["file_path"]).symlink_to(outside)
     report = validate_dataset(data, workers=1)
     items = {o["item"]: o["message"] for o in report.checks["index"].offenders}
     assert any("../../outside.pt" in item and "inside the dataset" in msg for item, msg in items.items())
     assert any(index[missing]["file_path"] in item and "does not exist" in msg for item, msg in items.items())
+    assert any(index[link]["file_path"] in item and "inside the dataset" in msg for item, msg in items.items())
     assert sum("appears 2 times" in msg for msg in items.values()) == 2
     conv = report.checks["conversations"].offenders
     assert len(conv) == 1 and index[turn]["conversation_id"] in conv[0]["item"]
