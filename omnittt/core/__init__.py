@@ -61,6 +61,26 @@ _EXPORTS: dict[str, str] = {
     "TTTLlamaForCausalLM": "ttt_llama",
     "convert_llama_to_ttt": "ttt_llama",
     "prepare_ttt_config": "ttt_llama",
+    # speech features, encoder + projector, the OmniTTT model, presets, loading
+    "build_feature_extractor": "features",
+    "log_mel": "features",
+    "SpeechProjector": "speech_encoder",
+    "encode_segments": "speech_encoder",
+    "splice_speech": "speech_encoder",
+    "OmniTTTConfig": "modeling_omnittt",
+    "OmniTTTForCausalLM": "modeling_omnittt",
+    "keep_ttt_state_fp32": "modeling_omnittt",
+    "PRESETS": "presets",
+    "build_model": "presets",
+    "preset_config": "presets",
+    "model_summary": "presets",
+    "parameter_groups": "presets",
+    "parameter_group": "presets",
+    "set_trainable": "presets",
+    "load_model": "loading",
+    "detect_layout": "loading",
+    "LoadResult": "loading",
+    "LoadReport": "loading",
 }
 
 __all__ = sorted(_EXPORTS)
