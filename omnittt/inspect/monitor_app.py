@@ -145,11 +145,13 @@ class LayerScreen(ModalScreen[None]):
         span = f"steps {steps[0]}-{steps[-1]}, {len(steps)} entries" if steps else "no entries"
         with VerticalScroll():
             yield Label(f"[b]TTT layer {layer.layer}[/b] ({layer.latest.get('kind', '?')}, {span})")
+            init = layer.latest.get("init_norm") or {}
             for name in layer.state_names:
                 values = list(layer.norms[name])
+                learned = f"  (learned init {fmt(init[name])})" if name in init else ""
                 yield Label(f"|{name}|  last {fmt(values[-1] if values else None)}  "
                             f"min {fmt(min(finite_series(values), default=None))}  "
-                            f"max {fmt(max(finite_series(values), default=None))}")
+                            f"max {fmt(max(finite_series(values), default=None))}{learned}")
                 yield Sparkline(finite_series(values))
             yield Label(f"inner loss before (last {fmt(_last(layer.inner_before))})")
             yield Sparkline(finite_series(layer.inner_before))

@@ -16,6 +16,7 @@ from omnittt.inspect.jsonl import JsonlWriter
 from omnittt.inspect.monitor_app import HelpScreen, LayerScreen, MonitorApp
 from omnittt.inspect.run_state import MonitorSettings
 from omnittt.inspect.schemas import METRICS_FILE, TTT_STATE_FILE
+from omnittt.inspect.stats import MetricsLogger
 
 FIXED_CLOCK = 1000.0  # keeps the stall alert (wall clock) out of the tests
 
@@ -111,6 +112,20 @@ async def test_half_written_last_line_is_not_parsed_early(run_writer, lines):
         await poll(app, pilot)
         assert layer_rows(app)["9"][1] == "4.5"
         assert "malformed" not in alerts_text(app)
+
+
+async def test_a_finished_run_opened_later_shows_finished_without_a_stall_alert(run_writer):
+    for step in range(1, 4):
+        run_writer.step(step)  # written "long ago" by the fixed fixture clock
+    app = MonitorApp(run_writer.run_dir, interval=30.0, clock=lambda: 1e6)
+    async with app.run_test(size=(140, 40)) as pilot:
+        assert "stalled" in str(app.query_one("#header", Static).render())
+        assert "no new step for" in alerts_text(app)
+        MetricsLogger(run_writer.run_dir).finish(3)
+        await poll(app, pilot)
+        header = str(app.query_one("#header", Static).render())
+        assert "finished" in header and "stalled" not in header
+        assert "no alerts" in alerts_text(app)
 
 
 async def test_pause_stops_following_until_resumed(run_writer):
