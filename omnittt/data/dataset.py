@@ -1,7 +1,7 @@
 """The conversation-aware dataset, loader and collator (CONTRACTS.md "Batches").
 
 - `ConversationDataset`: the whole conversations of a processed dataset, or a curriculum stage's
-  conversations and sessions (`omnittt.data.sessions`). Items are `Conversation`s; `exchange(ref)` loads one
+  conversations and sessions (`omnittt.data.sessions`). Items are `LoaderConversation`s; `exchange(ref)` loads one
   exchange ready to feed (a session's later conversations lose their prefix and are re-padded).
 - `ConversationLoader`: B conversations start together (bucketed by exchange count, so rows end close
   together), exchanges strictly in order; conversations are shuffled per epoch with a seed, exchanges never.
@@ -21,8 +21,8 @@ from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.speech import padding_for, sample_positions
 from omnittt.data.curriculum import STAGES, Stage, get_stage
 from omnittt.data.sessions import (
-    Conversation,
     ExchangeRef,
+    LoaderConversation,
     StagePlan,
     conversations_from_index,
     first_exchange_lengths,
@@ -95,7 +95,7 @@ class ConversationDataset:
     def __len__(self) -> int:
         return len(self.conversations)
 
-    def __getitem__(self, i: int) -> Conversation:
+    def __getitem__(self, i: int) -> LoaderConversation:
         return self.conversations[i]
 
     def exchange(self, ref: ExchangeRef) -> dict[str, Any]:
@@ -196,7 +196,7 @@ class Batch(Sequence):
     """The exchange steps of one batch of conversations started together, built lazily (a 64k session holds
     hundreds of exchanges: they are loaded and featurised one step at a time)."""
 
-    def __init__(self, loader: ConversationLoader, index: int, conversations: list[Conversation]) -> None:
+    def __init__(self, loader: ConversationLoader, index: int, conversations: list[LoaderConversation]) -> None:
         self.index = index
         self.conversations = conversations
         self.conversation_ids = [conv.conversation_id for conv in conversations]

@@ -31,7 +31,7 @@ class ExchangeRef:
 
 
 @dataclass(frozen=True)
-class Conversation:
+class LoaderConversation:
     """A whole conversation or a session: what one batch row is fed, exchange after exchange."""
 
     conversation_id: str
@@ -69,7 +69,7 @@ class StagePlan:
     """What a stage trains on, and what it leaves out (and why)."""
 
     stage: Stage
-    items: list[Conversation] = field(default_factory=list)
+    items: list[LoaderConversation] = field(default_factory=list)
     too_long: list[str] = field(default_factory=list)  # conversations longer than the stage maximum
     leftover: list[str] = field(default_factory=list)  # group tails too short to reach the stage minimum
 
@@ -92,7 +92,7 @@ class StagePlan:
 
 def conversations_from_index(
     index: Iterable[Mapping[str, Any]], manifest: Iterable[Mapping[str, Any]] = (),
-) -> list[Conversation]:
+) -> list[LoaderConversation]:
     """The dataset's conversations (sorted by id, exchanges by turn number) with their group from the
     manifest (`group`, else `source`, else one group for everything)."""
     groups = {str(m["conversation_id"]): str(m.get("group") or m.get("source") or "") for m in manifest}
@@ -102,7 +102,7 @@ def conversations_from_index(
     conversations = []
     for cid in sorted(turns):
         entries = sorted(turns[cid], key=lambda e: int(e["turn_number"]))
-        conversations.append(Conversation(
+        conversations.append(LoaderConversation(
             conversation_id=cid,
             group=groups.get(cid, ""),
             exchanges=tuple(ExchangeRef(int(e["sample_id"]), int(e["num_tokens"])) for e in entries),
@@ -117,8 +117,8 @@ def first_exchange_lengths(index: Iterable[Mapping[str, Any]]) -> dict[int, int]
     return {int(e["sample_id"]): int(e["original_length"]) for e in index if int(e["turn_number"]) == 0}
 
 
-def without_prefix(conversation: Conversation, prefix_len: int, original_length: int,
-                   mini_batch_size: int) -> Conversation:
+def without_prefix(conversation: LoaderConversation, prefix_len: int, original_length: int,
+                   mini_batch_size: int) -> LoaderConversation:
     """The conversation as a session's later part: exchange 0 loses its `prefix_len` tokens and is re-padded."""
     if prefix_len <= 0:
         return conversation
@@ -128,11 +128,11 @@ def without_prefix(conversation: Conversation, prefix_len: int, original_length:
                                             *conversation.exchanges[1:]))
 
 
-def join(parts: Sequence[Conversation]) -> Conversation:
+def join(parts: Sequence[LoaderConversation]) -> LoaderConversation:
     """One session from conversations already stripped of their prefix (all but the first)."""
     if len(parts) == 1:
         return parts[0]
-    return Conversation(
+    return LoaderConversation(
         conversation_id=f"{parts[0].conversation_id}+{len(parts) - 1}",
         group=parts[0].group,
         exchanges=tuple(ex for part in parts for ex in part.exchanges),
@@ -142,7 +142,7 @@ def join(parts: Sequence[Conversation]) -> Conversation:
 
 
 def plan_stage(
-    conversations: Sequence[Conversation],
+    conversations: Sequence[LoaderConversation],
     stage: Stage,
     prefix_len: int,
     first_lengths: Mapping[int, int],
@@ -152,11 +152,11 @@ def plan_stage(
     group, into sessions that reach the minimum without passing the maximum. A conversation longer than the
     maximum belongs to a later stage; a group's tail that cannot reach the minimum is left out."""
     plan = StagePlan(stage)
-    by_group: dict[str, list[Conversation]] = defaultdict(list)
+    by_group: dict[str, list[LoaderConversation]] = defaultdict(list)
     for conv in conversations:
         by_group[conv.group].append(conv)
     for group in sorted(by_group):
-        parts: list[Conversation] = []
+        parts: list[LoaderConversation] = []
         length = 0
         for conv in by_group[group]:
             if conv.num_positions > stage.max_positions:
