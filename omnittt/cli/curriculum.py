@@ -9,11 +9,12 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Show the 8k/16k/32k/64k stage table of a processed dataset: per stage the conversations and the
-sessions (same-group conversations packed to the stage's length), their share of the data, positions,
-hours and learning rate. Empty stages are flagged with what to do.
-
-Example: [bold]omnittt curriculum processed_data --stage 8k --write stage_8k.jsonl[/bold]"""
+HELP = (
+    "Show the 8k/16k/32k/64k stage table of a processed dataset: per stage the conversations and the sessions "
+    "(same-group conversations packed to the stage's length), their share of the data, positions, hours and "
+    "learning rate. Empty stages are flagged with what to do.\n\n"
+    "Example: [bold]omnittt curriculum processed_data --stage 8k --write stage_8k.jsonl[/bold]"
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,12 +9,13 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Check a processed dataset: structure, audio, alignment, labels, tokens.
-
-Structural checks (index, conversations, settings) always cover every sample; per-sample checks cover all
-samples or a seeded --sample-size. Exit code 0: clean (warnings allowed), 1: errors found, 2: could not run.
-
-Example: [bold]omnittt validate processed_data --sample-size 1000 --output report.json[/bold]"""
+HELP = (
+    "Check a processed dataset: structure, audio, alignment, labels, tokens.\n\n"
+    "Structural checks (index, conversations, settings) always cover every sample; per-sample checks (format, "
+    "audio, alignment, labels, tokens) cover all samples or a seeded --sample-size. Exit code 0: clean "
+    "(warnings allowed), 1: errors found, 2: could not run.\n\n"
+    "Example: [bold]omnittt validate processed_data --sample-size 1000 --output report.json[/bold]"
+)
 
 SHOWN_OFFENDERS = 3
 
