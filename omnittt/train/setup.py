@@ -96,14 +96,25 @@ def _mixed_precision(choice: str) -> str:
 
 def _build_model(settings: TrainSettings, source: Path | None, apply_overrides: bool) -> Any:
     """A preset (random init), or a local model directory / checkpoint. The model keys of the settings
-    choose the preset's shape or a released checkpoint's conversion; a resumed checkpoint carries them already."""
-    from omnittt.core.loading import load_model
+    choose the preset's shape or a released checkpoint's conversion; our own checkpoints carry them, so there
+    they must agree with the checkpoint (a resumed run's settings always do)."""
+    from omnittt.core.loading import detect_layout, load_model
     from omnittt.core.presets import build_model
 
     overrides = model_overrides(settings) if apply_overrides else {}
     if source is None:
         return build_model(settings.preset, **overrides)
-    return load_model(source, **overrides).model
+    if detect_layout(source) != "omnittt":
+        return load_model(source, **overrides).model
+    model = load_model(source).model
+    text = model.config.text_config
+    differ = {key: (getattr(text, key, None), value) for key, value in overrides.items()
+              if getattr(text, key, None) != value}
+    if differ:
+        shown = ", ".join(f"{key} {have} -> {want}" for key, (have, want) in differ.items())
+        raise UserError(f"{source} was trained with other model settings ({shown})",
+                        fix="drop these model flags: a checkpoint keeps its own architecture")
+    return model
 
 
 def _datasets(settings: TrainSettings) -> tuple[Any, Any | None, Any]:
