@@ -73,3 +73,15 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
         (tmp / "f").write_text("done")
     assert (tmp_path / "e" / "f").read_text() == "done"
     assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.json", "e"]
+
+
+def test_atomic_files_honour_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
