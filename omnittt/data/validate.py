@@ -686,11 +686,15 @@ def _token_stats(results: list[tuple], counts: Any, tokenizer: Any) -> dict[str,
             outliers += 1
             if checks["tokens"][0] == PASS:
                 checks["tokens"] = (WARN, f"{int(p)} positions, far above the rest (> {limit:.0f})")
+    edges = np.unique(np.linspace(positions.min(), positions.max() + 1, 11).round())  # whole positions
+    hist, edges = np.histogram(positions, bins=edges)
     top = np.argsort(counts)[::-1][:10]
     top_ids = [{"id": int(i), "token": tokenizer.convert_ids_to_tokens(int(i)) if tokenizer is not None else None,
                 "count": int(counts[i])} for i in top if counts[i] > 0]
     return {
-        "positions": _summary(positions), "text_tokens": _summary(text), "trained_tokens": _summary(trained),
+        "positions": _summary(positions),
+        "positions_histogram": {"edges": [int(e) for e in edges], "counts": [int(c) for c in hist]},
+        "text_tokens": _summary(text), "trained_tokens": _summary(trained),
         "speech_sec": _summary(speech_sec), "total_positions": int(positions.sum()),
         "total_trained_tokens": int(trained.sum()), "total_speech_hours": round(float(speech_sec.sum()) / 3600, 4),
         "distinct_ids": int((counts > 0).sum()), "top_ids": top_ids, "outlier_limit": float(limit),
