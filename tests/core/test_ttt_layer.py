@@ -14,6 +14,15 @@ B16 = 16
 KINDS = {"mlp": TTTMLP, "linear": TTTLinear}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_config(b: int = B16, kv_heads: int = 4, hidden: int = 64, heads: int = 4, **extra) -> LlamaConfig:
     config = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
                          num_attention_heads=heads, num_key_value_heads=kv_heads)

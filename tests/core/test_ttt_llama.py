@@ -1,0 +1,327 @@
+"""TTT Llama: conversion, streaming, generate, padding, exchange boundaries, TBPTT, sliding window, save/load."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
+from omnittt.core.ttt_llama import TTTLlamaForCausalLM, convert_llama_to_ttt
+
+B = 8  # TTT mini-batch size of the tiny models
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_base(seed: int = 0, tie: bool = False) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, tie_word_embeddings=tie, max_position_embeddings=1024)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny(ttt_layers=(1, 3), seed: int = 0, **kwargs) -> TTTLlamaForCausalLM:
+    kwargs.setdefault("mini_batch_size", B)
+    model = convert_llama_to_ttt(tiny_base(seed), list(ttt_layers), **kwargs).eval()
+    with torch.no_grad():  # a non-trivial learned token_eta offset, so eta bugs show
+        for module in model.model.ttt_modules():
+            module.learnable_token_idx.normal_(0, 0.05)
+    return model
+
+
+def ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 96, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def feed(model, tokens, cuts, cache=None, **kw):
+    cache = cache if cache is not None else TTTCache(model.config)
+    logits, start = [], 0
+    for stop in [*cuts, tokens.shape[1]]:
+        if stop > start:
+            logits.append(model(tokens[:, start:stop], past_key_values=cache, **kw).logits)
+        start = stop
+    return torch.cat(logits, dim=1), cache
+
+
+MODELS = {
+    "mlp-replace": {},
+    "linear-replace": {"ttt_type": "linear"},
+    "mlp-gated": {"mode": "gated"},
+}
+# TTT-Linear streaming is covered at the layer level in the default tier; through the whole model in the slow tier
+STREAMING = ["mlp-replace", "mlp-gated", pytest.param("linear-replace", marks=pytest.mark.slow)]
+
+
+def test_attention_only_baseline_equals_llama():
+    base = tiny_base()
+    model = convert_llama_to_ttt(base, [], mini_batch_size=B)
+    tokens = ids(2, 30)
+    with torch.no_grad():
+        assert torch.equal(model(tokens).logits, base(tokens).logits)
+    assert model.ttt_summary()["num_ttt_layers"] == 0
+
+
+def test_later_tokens_never_change_earlier_logits():
+    model = tiny()
+    a = ids(1, 40)
+    b = a.clone()
+    b[:, 23:] = ids(1, 17, seed=5)
+    with torch.no_grad():
+        la, lb = model(a).logits, model(b).logits
+    assert (la[:, :23] - lb[:, :23]).abs().max().item() <= 1e-5
+    assert (la[:, 23:] - lb[:, 23:]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", STREAMING)
+def test_one_pass_equals_prefill_decode_and_random_chunks(name):
+    model = tiny(**MODELS[name])
+    tokens = ids(2, 34)
+    with torch.no_grad():
+        full = model(tokens).logits
+        decoded, _ = feed(model, tokens, list(range(19, 34)))  # prefill ends inside a mini-batch
+        assert (decoded - full).abs().max().item() <= 1e-4
+        gen = torch.Generator().manual_seed(3)
+        for _ in range(2):
+            cuts = sorted(torch.randperm(33, generator=gen)[:5].add(1).tolist())
+            chunked, _ = feed(model, tokens, cuts)
+            assert (chunked - full).abs().max().item() <= 1e-4, cuts
+
+
+def test_generate_greedy_equals_manual_greedy():
+    model = tiny()
+    prompt = ids(2, 13)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=8, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=0)
+        seq = prompt
+        for step in range(8):
+            logits = model(seq).logits[:, -1]
+            assert (out.logits[step] - logits).abs().max().item() <= 1e-4
+            top2 = logits.topk(2).values
+            confident = (top2[:, 0] - top2[:, 1]) > 1e-3
+            nxt = logits.argmax(-1)
+            assert torch.equal(out.sequences[confident, prompt.shape[1] + step], nxt[confident])
+            seq = torch.cat([seq, out.sequences[:, prompt.shape[1] + step, None]], dim=1)
+
+
+def test_generate_sampling_and_beam_search_and_assisted_refused():
+    model = tiny()
+    prompt = ids(2, 11)
+    with torch.no_grad():
+        sampled = model.generate(prompt, max_new_tokens=6, do_sample=True, top_k=20, pad_token_id=0)
+        beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, pad_token_id=0)
+        assert sampled.shape == beams.shape == (2, 17)
+        # beam search reorders the TTT state with the beams: its best beam scores like a recomputation
+        with pytest.raises(ValueError, match="stateful"):
+            model.generate(prompt, max_new_tokens=3, assistant_model=tiny(seed=1), pad_token_id=0)
+
+
+def test_beam_search_with_one_beam_equals_greedy():
+    model = tiny()
+    prompt = ids(1, 11)
+    with torch.no_grad():
+        greedy = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        beam = model.generate(prompt, max_new_tokens=8, num_beams=4, num_return_sequences=4, do_sample=False,
+                              output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        # every returned beam's score equals a from-scratch recomputation of its log-probability
+        for seq, score in zip(beam.sequences, beam.sequences_scores, strict=True):
+            logp = model(seq[None]).logits[0, :-1].log_softmax(-1)
+            gen = seq[prompt.shape[1]:]
+            total = logp[prompt.shape[1] - 1:].gather(-1, gen[:, None]).sum()
+            assert abs(total.item() / len(gen) - score.item()) <= 1e-3
+    assert greedy.shape == (1, 19)
+
+
+def test_right_padded_batch_row_equals_row_alone():
+    model = tiny()
+    tokens = ids(2, 37)
+    mask = torch.ones(2, 37, dtype=torch.long)
+    mask[1, 22:] = 0
+    tokens[1, 22:] = 0
+    with torch.no_grad():
+        batched = model(tokens, attention_mask=mask).logits
+        alone = model(tokens[1:, :22]).logits
+        first = model(tokens[:1]).logits
+    assert (batched[1, :22] - alone[0]).abs().max().item() <= 1e-5
+    assert (batched[0] - first[0]).abs().max().item() <= 1e-5
+
+
+def _states(cache: TTTCache, row: int) -> dict:
+    return {(i, k): v[row] for i, layer in cache.ttt_layers() for k, v in layer.state.items()}
+
+
+@pytest.mark.parametrize("name", ["mlp-replace", "mlp-gated"])
+def test_exchange_boundary_pads_equal_end_turn(name):
+    model = tiny(**MODELS[name])
+    lengths = [13, 9]  # exchange 1 of each row; aligned to 16 = 2 b with pads
+    ex1 = ids(2, 16, seed=1)
+    ex2 = ids(2, 11, seed=2)
+    mask1 = torch.zeros(2, 16, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        mask1[row, :n] = 1
+        ex1[row, n:] = 0
+    with torch.no_grad():
+        padded = TTTCache(model.config)
+        model(ex1, attention_mask=mask1, past_key_values=padded)
+        logits_a = model(ex2, past_key_values=padded).logits
+        for row, n in enumerate(lengths):
+            chat = TTTCache(model.config)
+            model(ex1[row:row + 1, :n], past_key_values=chat)
+            chat.end_turn()
+            logits_b = model(ex2[row:row + 1], past_key_values=chat).logits
+            assert (logits_a[row] - logits_b[0]).abs().max().item() <= 1e-5
+            a, b = _states(padded, row), _states(chat, 0)
+            assert all((a[key] - b[key]).abs().max().item() <= 1e-5 for key in a)
+            assert padded.stream_position[row] == chat.stream_position[0] == 16 + 11
+            assert padded.real_tokens[row] == chat.real_tokens[0] == n + 11
+
+
+def _window_loss(model, cache, windows, seed):
+    loss = 0
+    for k in range(windows):
+        tokens = ids(2, 12, seed=seed + k)
+        loss = loss + model(tokens, labels=tokens, past_key_values=cache).loss
+    return loss
+
+
+def test_two_tbptt_windows_with_detach_train():
+    model = tiny().train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    cache = TTTCache(model.config)
+    _window_loss(model, cache, 2, 0).backward()
+    opt.step()
+    opt.zero_grad()
+    cache.detach()
+    _window_loss(model, cache, 2, 10).backward()  # would raise "backward through the graph a second time"
+    opt.step()
+    # without detach the second window reaches the first window's freed graph
+    stale = TTTCache(model.config)
+    _window_loss(model, stale, 1, 0).backward()
+    with pytest.raises(RuntimeError, match="second time"):
+        _window_loss(model, stale, 1, 10).backward()
+
+
+def _llama31_8b_config() -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=128001,
+    )
+
+
+def test_llama31_8b_converts_layers_24_to_31_on_meta():
+    with torch.device("meta"):
+        base = LlamaForCausalLM(_llama31_8b_config())
+    base_params = sum(p.numel() for p in base.parameters())
+    model = convert_llama_to_ttt(base, list(range(24, 32)), mini_batch_size=64)
+    summary = model.ttt_summary()
+    assert summary["num_ttt_layers"] == 8 and summary["ttt_layers"] == list(range(24, 32))
+    nh, f, C = 32, 128, 4096
+    # added per layer: lr gate, token_idx, TTT norm, W1 b1 W2 b2, post-norm (q/k/v/o replace the attention's)
+    added = nh * C + nh + 64 + 2 * nh * f + nh * f * 4 * f + nh * 4 * f + nh * 4 * f * f + nh * f + 2 * C
+    assert summary["parameters"] == base_params + 8 * added
+    layer = model.model.layers[24].self_attn
+    assert layer.k_proj.weight.shape == (1024, 4096) and layer.num_key_value_groups == 4
+    assert layer.rope_theta == 500000.0
+    assert layer.W1.dtype == torch.float32 and layer.W1.is_meta
+    assert model.model.layers[23].self_attn.__class__.__name__ == "LlamaAttention"
+    assert model.config.rope_parameters["rope_type"] == "llama3"
+
+
+def test_tiny_gqa_converts_trains_round_trips_and_loads_fp16(tmp_path):
+    model = tiny().train()
+    tokens = ids(2, 20)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    w1 = model.model.layers[1].self_attn.W1.detach().clone()
+    model(tokens, labels=tokens).loss.backward()
+    opt.step()
+    assert not torch.equal(model.model.layers[1].self_attn.W1, w1)  # the learned initial state trains
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = TTTLlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens).logits, model(tokens).logits)
+    assert loaded.config.ttt_layers == [1, 3] and loaded.config.ttt_mini_batch_size == B
+    for dtype in (torch.float16, torch.bfloat16):
+        low = TTTLlamaForCausalLM.from_pretrained(tmp_path, dtype=dtype).eval()
+        layer = low.model.layers[1].self_attn
+        assert layer.q_proj.weight.dtype == dtype
+        for name in ("W1", "b1", "W2", "b2", "ttt_norm_weight", "ttt_norm_bias"):
+            assert getattr(layer, name).dtype == torch.float32, name
+            assert torch.equal(getattr(layer, name), getattr(model.model.layers[1].self_attn, name))
+        cache = TTTCache(low.config)
+        with torch.no_grad():
+            logits = low(tokens, past_key_values=cache).logits
+        assert logits.dtype == dtype and torch.isfinite(logits).all()
+        assert all(v.dtype == torch.float32 for _, c in cache.ttt_layers() for v in c.state.values())
+
+
+def test_from_pretrained_of_a_plain_llama_initialises_ttt_parameters(tmp_path):
+    base = tiny_base()
+    base.save_pretrained(tmp_path)
+    config = LlamaConfig.from_pretrained(tmp_path)
+    config.ttt_layers = [2]
+    config.ttt_mini_batch_size = B
+    model = TTTLlamaForCausalLM.from_pretrained(tmp_path, config=config)
+    layer = model.model.layers[2].self_attn
+    assert torch.isfinite(layer.W1).all() and 0.01 < layer.W1.std().item() < 0.03
+    assert torch.equal(layer.ttt_norm_weight, torch.ones_like(layer.ttt_norm_weight))
+    assert torch.equal(layer.q_proj.weight, base.model.layers[2].self_attn.q_proj.weight)
+
+
+def test_attention_window_bounds_kv_and_matches_full_attention_inside_the_window():
+    window = 8
+    windowed = tiny(attention_window=window)
+    full = tiny()
+    tokens = ids(1, 10 * window)
+    with torch.no_grad():
+        cache = TTTCache(windowed.config)
+        streamed = []
+        for start in range(0, tokens.shape[1], 7):
+            streamed.append(windowed(tokens[:, start:start + 7], past_key_values=cache).logits)
+            for layer in cache.layers:
+                if not isinstance(layer, TTTCacheLayer):
+                    assert layer.keys.shape[-2] <= window
+        one = windowed(tokens).logits
+        assert (one[:, :window] - full(tokens).logits[:, :window]).abs().max().item() <= 1e-5
+        assert (one[:, window:] - full(tokens).logits[:, window:]).abs().max().item() > 1e-3  # the window acts
+        assert (torch.cat(streamed, dim=1) - one).abs().max().item() <= 1e-4
+    assert windowed.config.layer_types == ["sliding_attention", "linear_attention"] * 2
+
+
+def test_collect_ttt_stats_through_the_model():
+    model = tiny()
+    cache = TTTCache(model.config)
+    with torch.no_grad():
+        model(ids(2, 20), past_key_values=cache, collect_ttt_stats=True)
+    stats = [layer.stats for _, layer in cache.ttt_layers()]
+    assert len(stats) == 2 and all(s is not None and s["W1_norm"].shape == (2,) for s in stats)
+    with torch.no_grad():
+        model(ids(2, 4), past_key_values=cache)
+    assert all(layer.stats is None for _, layer in cache.ttt_layers())
+
+
+def test_rejects_a_foreign_cache_and_transformers_gradient_checkpointing():
+    from transformers import DynamicCache
+
+    model = tiny()
+    with pytest.raises(TypeError, match="TTTCache"):
+        model(ids(1, 4), past_key_values=DynamicCache())
+    with pytest.raises(RuntimeError, match="enable_ttt_checkpointing"):
+        model.gradient_checkpointing_enable()
+
+
+def test_conversion_validates_layers():
+    with pytest.raises(ValueError, match="out of range"):
+        convert_llama_to_ttt(tiny_base(), [4])
