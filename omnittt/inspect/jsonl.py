@@ -134,7 +134,8 @@ class JsonlTail:
     def exists(self) -> bool:
         return self.path.exists()
 
-    def poll(self) -> TailBatch:
+    def poll(self, max_bytes: int | None = None) -> TailBatch:
+        """Lines completed since the last call (reading at most `max_bytes` new bytes when given)."""
         batch = TailBatch()
         try:
             handle = self.path.open("rb")
@@ -149,7 +150,7 @@ class JsonlTail:
                 self._restart(batch)
             self._inode = inode
             handle.seek(self._pos)
-            chunk = handle.read()
+            chunk = handle.read() if max_bytes is None else handle.read(max_bytes)
             self._pos += len(chunk)
         data = self._pending + chunk
         *lines, self._pending = data.split(b"\n")

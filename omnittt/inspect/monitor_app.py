@@ -21,6 +21,7 @@ from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 from omnittt.inspect.run_state import LayerHistory, MonitorSettings, RunState, format_duration
 
 BLOCKS = "▁▂▃▄▅▆▇█"
+READ_SLICE = 4 << 20  # bytes read per file per tick: a long run's files load in slices, the UI stays responsive
 
 
 def spark_text(values: Sequence[float], width: int = 16) -> Text:
@@ -235,7 +236,7 @@ class MonitorApp(App[None]):
         self._ticks += 1
         if self.paused and not force:
             return
-        changed = self.run_state.poll()
+        changed = self.run_state.poll(max_bytes=READ_SLICE)
         if changed or force or self._ticks % 8 == 0:
             self.update_view()
 

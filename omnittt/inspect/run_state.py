@@ -6,6 +6,7 @@ The Textual app and `omnittt monitor --once [--json]` both render a `RunState`; 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import statistics
@@ -109,16 +110,17 @@ class RunState:
 
     # reading ----------------------------------------------------------------------------------------------
 
-    def poll(self) -> bool:
-        """Read new lines of both files; True when anything changed."""
+    def poll(self, max_bytes: int | None = None) -> bool:
+        """Read new lines of both files (at most `max_bytes` of each per call, so that a UI opening a long run
+        catches up in slices instead of freezing); True when anything changed."""
         changed = False
-        batch = self.metrics_tail.poll()
+        batch = self.metrics_tail.poll(max_bytes)
         if batch.reset:
             self._reset_metrics()
             changed = True
         for record in batch:
             changed |= self.apply_metrics(record)
-        batch = self.ttt_tail.poll()
+        batch = self.ttt_tail.poll(max_bytes)
         if batch.reset:
             self._reset_ttt()
             changed = True
@@ -183,7 +185,9 @@ class RunState:
         history = self.layers.get(layer_idx)
         if history is None:
             history = self.layers[layer_idx] = LayerHistory(layer_idx, self.settings.history)
-        previous = {name: list(series) for name, series in history.norms.items()}
+        # the growth baseline: the latest entries before this one (newest first; no copy of the whole history)
+        window = self.settings.growth_window
+        previous = {name: list(itertools.islice(reversed(series), window)) for name, series in history.norms.items()}
         history.add(record)
         step = record.get("step")
         bad = list(record.get("nonfinite") or [])
@@ -205,7 +209,7 @@ class RunState:
         return True
 
     def _check_growth(self, layer_idx: int, name: str, previous: list[float], value: Any, step: Any) -> None:
-        window = [v for v in previous[-self.settings.growth_window:] if _finite(v) and v > 0]
+        window = [v for v in previous if _finite(v) and v > 0]
         if len(window) < 3 or not _finite(value):
             return
         baseline = statistics.median(window)

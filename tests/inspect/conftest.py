@@ -90,7 +90,15 @@ def build_tiny_ttt_model():
 
 @pytest.fixture
 def tiny_ttt_model():
-    return build_tiny_ttt_model()
+    import torch
+
+    # tiny ops on a shared 2-core machine: a second thread only adds contention (10x slower under load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield build_tiny_ttt_model()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture

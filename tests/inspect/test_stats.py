@@ -57,6 +57,17 @@ def test_truncated_last_line_is_not_parsed_early(tmp_path, lines):
     assert tail.poll().records == []
 
 
+def test_tail_reading_in_small_slices_yields_the_same_records(tmp_path, lines):
+    path = tmp_path / TTT_STATE_FILE
+    records = [lines.ttt(step, layer) for step in range(1, 30) for layer in (0, 5)]
+    JsonlWriter(path).write_many(records)
+    tail, got, polls = JsonlTail(path), [], 0
+    while len(got) < len(records) and polls < 10_000:
+        got += tail.poll(max_bytes=97).records
+        polls += 1
+    assert got == records and polls > len(records)  # each line took several slices
+
+
 def test_tail_waits_for_a_missing_file_then_follows_it(tmp_path, lines):
     path = tmp_path / "later" / METRICS_FILE
     tail = JsonlTail(path)
