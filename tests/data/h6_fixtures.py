@@ -63,6 +63,14 @@ def conversations_corpus(base: Path) -> Path:
                              "text": f"Reply {k} of conversation {c}."}]
         (folder / "metadata.json").write_text(json.dumps(
             {"conversation_id": f"conv_{c}", "speakers": ["A", "B"], "domain": "chat", "turns": turns}))
+    # One exchange far longer than the rest (a length outlier for the token statistics).
+    folder = target / "conversations" / "conv_long"
+    folder.mkdir(parents=True)
+    reply = " ".join(["The quick brown fox jumps over the lazy dog."] * 60)
+    turns = [{"turn_id": 0, "speaker": "A", "role": "user", "text": "Tell me a long story."},
+             {"turn_id": 1, "speaker": "B", "role": "assistant", "text": reply}]
+    (folder / "metadata.json").write_text(json.dumps(
+        {"conversation_id": "conv_long", "speakers": ["A", "B"], "domain": "chat", "turns": turns}))
     return target
 
 

@@ -32,6 +32,12 @@ def test_clean_on_every_source(h6_base, source, fmt, mode):
     report = validate_dataset(data, workers=1)
     failures = {name: check.offenders for name, check in report.checks.items() if check.failed}
     assert failures == {}
+    warnings = [(name, o["item"]) for name, check in report.checks.items() for o in check.offenders]
+    # The only warning anywhere: the deliberately long exchange of the conversations corpus is an outlier.
+    assert warnings == ([("tokens", warnings[0][1])] if source == "conversations" else [])
+    if warnings:
+        assert "conv_long turn 0" in warnings[0][1]
+        assert report.token_stats["outliers"] == 1
     assert report.ok and report.format == fmt
     assert report.checked_samples == report.total_samples == len(json.loads((data / "index.json").read_text()))
     for name in CHECKS:  # every check really ran
