@@ -96,3 +96,41 @@ def test_gradient_reaches_the_learned_init_within_a_window_and_not_across(parts)
     assert init_grad(detach_between=False) > 0.0  # exchange 1's loss reaches W1 through exchange 0's updates
     assert init_grad(detach_between=True) == 0.0  # a window boundary cuts it
     model.zero_grad(set_to_none=True)
+
+
+def _trainer_init_grads(synthetic_data, run, **changes):
+    """W1-init gradients after the trainer runs every window of its first batch (no optimizer step), and that
+    batch's first exchange, with the trainer."""
+    from train_fixtures import tiny_settings
+
+    from omnittt.train.setup import start_run
+
+    trainer = start_run(tiny_settings(synthetic_data, run, max_steps=1, gradient_accumulation=1000,
+                                      **changes)).trainer
+    batch = next(iter(trainer.loader))
+    assert len(batch) >= 2
+    trainer.train_batch(batch)
+    assert trainer.step == 0 and trainer.state.windows >= 2
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    grads = {m.layer_idx: m.W1.grad.clone() for _, m in find_ttt_modules(model)}
+    return grads, trainer, model, batch[0]
+
+
+def test_trainer_windows_cut_gradients_and_checkpointing_keeps_the_state(synthetic_data, tmp_path):
+    one, trainer, model, first = _trainer_init_grads(synthetic_data, tmp_path / "k1", tbptt_turns=1)
+    # with one exchange per window, later windows add nothing to the init's gradient: it is exchange 0's alone
+    model.zero_grad(set_to_none=True)
+    out = model(**model_inputs(first, torch.device("cpu")), use_cache=True)
+    (out.loss / 1000).backward()
+    for _, module in find_ttt_modules(model):
+        torch.testing.assert_close(one[module.layer_idx], module.W1.grad, rtol=1e-5, atol=1e-12)
+
+    two, *_ = _trainer_init_grads(synthetic_data, tmp_path / "k2", tbptt_turns=2)
+    assert any(not torch.allclose(one[i], two[i], rtol=1e-3, atol=1e-9) for i in one)  # exchange 1 reaches it
+    # our gradient checkpointing recomputes the layers with the cache passed through: same gradients, so the
+    # state still carries across exchanges inside the window
+    ckpt, _, ckpt_model, _ = _trainer_init_grads(synthetic_data, tmp_path / "k2c", tbptt_turns=2,
+                                                 gradient_checkpointing=True)
+    assert ckpt_model.language_model.model.ttt_checkpointing
+    for i in two:
+        torch.testing.assert_close(ckpt[i], two[i], rtol=1e-4, atol=1e-9)
