@@ -67,6 +67,11 @@ def register(app: typer.Typer) -> None:
                 console.print(render_summary(summary))
             return
 
+        import sys
+
+        if not sys.stdout.isatty():
+            raise UserError("the live monitor needs a terminal (stdout is not a TTY)",
+                            fix=f"print a summary instead: `omnittt monitor {run_dir} --once` (or --once --json)")
         from omnittt.inspect.monitor_app import MonitorApp
 
         MonitorApp(run_dir, settings, interval=interval).run()

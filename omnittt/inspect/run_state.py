@@ -204,13 +204,16 @@ class RunState:
             what = ", ".join(f"{name} {dtype}" for name, dtype in drift.items())
             self._event(("ttt", "dtype", layer_idx), "dtype", "error", layer_idx, step,
                         f"layer {layer_idx}: TTT state not float32 ({what})")
-        for name, series in (record.get("norm") or {}).items():
-            self._check_growth(layer_idx, name, previous.get(name, []), series, step)
+        for name, value in (record.get("norm") or {}).items():
+            self._check_growth(layer_idx, name, previous.get(name, []), value, step)
         return True
 
     def _check_growth(self, layer_idx: int, name: str, previous: list[float], value: Any, step: Any) -> None:
-        window = [v for v in previous if _finite(v) and v > 0]
-        if len(window) < 3 or not _finite(value):
+        if not _finite(value):
+            return
+        window = [v for v in previous if v > 0]  # the series hold NaN for non-finite points: the comparison drops them
+        # median >= min: a value within the threshold of the minimum cannot alert (skips the median almost always)
+        if len(window) < 3 or value <= self.settings.norm_growth * min(window):
             return
         baseline = statistics.median(window)
         ratio = value / baseline

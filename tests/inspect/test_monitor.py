@@ -217,6 +217,8 @@ def test_once_errors_are_one_line_with_a_fix(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "no such run directory" in result.output
     result = runner.invoke(cli_app, ["monitor", str(tmp_path), "--json"])
     assert result.exit_code == 2 and "--json needs --once" in result.output
+    result = runner.invoke(cli_app, ["monitor", str(tmp_path)])  # CliRunner's stdout is no terminal
+    assert result.exit_code == 2 and "needs a terminal" in result.output and "--once" in result.output
 
 
 # --- slow tier: a real `omnittt train` writes the run directory while the monitor reads it -----------------------
