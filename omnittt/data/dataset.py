@@ -194,13 +194,17 @@ class ExchangeCollator:
 
 class Batch(Sequence):
     """The exchange steps of one batch of conversations started together, built lazily (a 64k session holds
-    hundreds of exchanges: they are loaded and featurised one step at a time)."""
+    hundreds of exchanges: they are loaded and featurised one step at a time). With the loader's `prefetch`,
+    reading step k starts building step k + 1 in a background thread while the caller trains on step k
+    (torch and numpy release the GIL), and the last step read is kept, so reading it again costs nothing."""
 
     def __init__(self, loader: ConversationLoader, index: int, conversations: list[LoaderConversation]) -> None:
         self.index = index
         self.conversations = conversations
         self.conversation_ids = [conv.conversation_id for conv in conversations]
         self._loader = loader
+        self._last: tuple[int, dict[str, Any]] | None = None
+        self._next: tuple[int, Any] | None = None
 
     def __len__(self) -> int:
         return max(conv.num_exchanges for conv in self.conversations)
@@ -208,6 +212,20 @@ class Batch(Sequence):
     def __getitem__(self, k: int) -> dict[str, Any]:  # type: ignore[override]
         if not 0 <= k < len(self):
             raise IndexError(k)
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
+        if self._next is not None and self._next[0] == k:
+            step = self._next[1].result()
+        else:
+            step = self.build(k)
+        self._next = None
+        if self._loader.prefetch and k + 1 < len(self):
+            self._next = (k + 1, self._loader.prefetcher().submit(self.build, k + 1))
+        self._last = (k, step)
+        return step
+
+    def build(self, k: int) -> dict[str, Any]:
+        """Step k: each row's exchange k, or an all-pad exchange for a row whose conversation has ended."""
         dataset = self._loader.dataset
         rows = [dataset.exchange(conv.exchanges[k]) if k < conv.num_exchanges else None
                 for conv in self.conversations]
@@ -215,21 +233,8 @@ class Batch(Sequence):
         return self._loader.collator(rows, turns, self.conversation_ids)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        """Steps in order; with prefetch, step k + 1 is loaded and featurised in a thread while the caller
-        works on step k (torch and numpy release the GIL), so the model rarely waits for data."""
-        if not self._loader.prefetch or len(self) == 1:
-            for k in range(len(self)):
-                yield self[k]
-            return
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1, thread_name_prefix="omnittt-prefetch") as pool:
-            pending = pool.submit(self.__getitem__, 0)
-            for k in range(len(self)):
-                step = pending.result()
-                if k + 1 < len(self):
-                    pending = pool.submit(self.__getitem__, k + 1)
-                yield step
+        for k in range(len(self)):
+            yield self[k]
 
 
 class ConversationLoader:
@@ -252,6 +257,15 @@ class ConversationLoader:
         self.collator = ExchangeCollator(dataset.pad_id, feature_extractor, compute_features)
         self.epoch = 0
         self.next_batch = 0
+        self._prefetcher: Any = None
+
+    def prefetcher(self) -> Any:
+        """One background thread per loader, for `Batch` prefetching (made on first use)."""
+        if self._prefetcher is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="omnittt-prefetch")
+        return self._prefetcher
 
     def batch_plan(self, epoch: int) -> list[list[int]]:
         """This process's batches of `epoch`: conversation indices, B per batch (the last may hold fewer).

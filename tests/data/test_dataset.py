@@ -212,3 +212,14 @@ def test_replicas_split_one_order_evenly(data):
     plans = [loader.batch_plan(0) for loader in ranks]
     assert len(plans[0]) == len(plans[1]) == len(whole) // 2  # equal counts: no process waits on another
     assert [b for pair in zip(*plans, strict=True) for b in pair] == whole[:2 * len(plans[0])]
+
+
+def test_prefetch_and_random_access_give_the_same_steps(data):
+    dataset = ConversationDataset(data)
+    fetched = ConversationLoader(dataset, batch_size=2, seed=5, compute_features=False)
+    plain = ConversationLoader(dataset, batch_size=2, seed=5, compute_features=False, prefetch=False)
+    for a, b in zip(fetched, plain, strict=True):
+        order = [len(a) - 1, 0, 0, *range(len(a))]  # out of order and repeated: prefetch must not mix steps
+        for k in order:
+            x, y = a[k], b[k]
+            assert all(torch.equal(x[key], y[key]) for key in ("input_ids", "labels", "turn_number"))
