@@ -50,7 +50,10 @@ def render(store: Any, plans: list[Any], console: Any) -> None:
     from rich.table import Table
 
     conversations = len({entry["conversation_id"] for entry in store.index})
-    table = Table(title=f"curriculum of {store.data_dir} ({conversations:,} conversations)", title_justify="left")
+    positions = sum(int(entry["num_tokens"]) for entry in store.index)
+    hours = sum(float(entry.get("audio_duration_sec") or 0.0) for entry in store.index) / 3600
+    table = Table(title=f"curriculum of {store.data_dir}: {conversations:,} conversations, {positions:,} positions, "
+                        f"{hours:.2f} h of user speech", title_justify="left")
     for column in ("stage", "range", "convs", "sessions", "share", "positions", "hours", "lr", "left out"):
         table.add_column(column, justify="left" if column in ("stage", "left out") else "right")
     empty = []
