@@ -1,23 +1,42 @@
-"""`omnittt export` (issue #12 has not landed yet)."""
+"""`omnittt export`: a run's checkpoint as a Hugging Face directory (issue #12)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors, not_landed
+from omnittt.cli._common import handle_errors
 
-HELP = """Export a run's checkpoint as a Hugging Face directory.
+HELP = """Export a run's checkpoint as a Hugging Face directory (safetensors, config, tokenizer, feature extractor).
 
-Example: [bold]omnittt export runs/tiny --to exported[/bold]"""
+The result loads with OmniTTTForCausalLM.from_pretrained and with omnittt chat / eval --model DIR.
+
+Example: [bold]omnittt export runs/tiny --to exported/tiny[/bold]"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        "export", help=HELP, short_help="Export a run's checkpoint as a Hugging Face directory.",
-        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    )
+    @app.command("export", help=HELP, short_help="Export a run's checkpoint as a Hugging Face directory.")
     @handle_errors
-    def command(ctx: typer.Context) -> Any:
-        not_landed("export", 12)
+    def command(
+        run: Path = typer.Argument(..., help="Run directory (or a checkpoint folder inside it)."),
+        to: Path = typer.Option(..., "--to", help="Directory to write (must not exist unless --overwrite)."),
+        checkpoint: str = typer.Option("latest", "--checkpoint", help="latest, a step number, or step_N."),
+        max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --to directory."),
+    ) -> Any:
+        from rich.table import Table
+
+        from omnittt.console import console
+        from omnittt.train.export import export_checkpoint
+
+        with console.status("exporting ..."):
+            result = export_checkpoint(run, to, checkpoint, max_shard_size=max_shard_size, overwrite=overwrite)
+        table = Table(title="exported", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("from", f"{result['checkpoint']} (step {result['step']})")
+        table.add_row("to", result["to"])
+        table.add_row("files", ", ".join(result["files"]))
+        console.print(table)
