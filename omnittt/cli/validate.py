@@ -65,7 +65,8 @@ def render(report: Any, console: Any) -> None:
             shown.append(f"[dim]... {more} more[/dim]")
         table.add_row(name, f"[{colour}]{check.status}[/]", str(check.passed), str(check.warned),
                       str(check.failed), str(check.skipped) if check.skipped else "",
-                      "\n".join(shown) or f"[dim]{check.description}[/dim]")
+                      "\n".join(shown) or (f"[yellow]{check.note}[/yellow]" if check.note
+                                            else f"[dim]{check.description}[/dim]"))
     console.print(table)
     stats = report.token_stats
     if stats:

@@ -81,6 +81,7 @@ class CheckResult:
     failed: int = 0
     skipped: int = 0
     offenders: list[dict[str, str]] = field(default_factory=list)
+    note: str = ""  # why a check could not run
 
     def add(self, level: str, item: str = "", message: str = "") -> None:
         if level == PASS:
@@ -103,7 +104,7 @@ class CheckResult:
     def to_dict(self) -> dict[str, Any]:
         return {"description": self.description, "status": self.status, "passed": self.passed,
                 "warned": self.warned, "failed": self.failed, "skipped": self.skipped,
-                "offenders": self.offenders}
+                "offenders": self.offenders, "note": self.note}
 
 
 @dataclass
@@ -608,6 +609,10 @@ def validate_dataset(
     checks = {name: CheckResult(name, description) for name, description in CHECKS.items()}
     settings, tokenizer = check_settings(store, checks["settings"])
     rules = sample_rules(store, settings, tokenizer)
+    if rules.mini_batch_size is None:
+        checks["alignment"].note = "not run: the settings record no valid mini_batch_size"
+    if tokenizer is None:
+        checks["labels"].note = "not run: the dataset's tokenizer is missing or not the recorded one"
     loadable = check_index(store, rules.mini_batch_size, checks["index"])
     check_conversations(store, checks["conversations"])
 
