@@ -100,7 +100,8 @@ def render_summary(summary: dict[str, Any]) -> Any:
     header = Text.assemble(
         ("step ", "dim"), (f"{_fmt(summary['step'])}{f'/{total}' if total else ''}", "bold"),
         ("  stage ", "dim"), _fmt(summary["stage"]), ("  loss ", "dim"), _fmt(summary["loss"]),
-        ("  lr ", "dim"), _fmt(summary["lr"], ".2e"), ("  tok/s ", "dim"), _fmt(summary["tokens_per_s"], ",.0f"),
+        ("  lr ", "dim"), _fmt(summary["lr"], ".2e"), ("  grad ", "dim"), _fmt(summary["grad_norm"], ".3g"),
+        ("  tok/s ", "dim"), _fmt(summary["tokens_per_s"], ",.0f"),
         ("  ETA ", "dim"), format_duration(summary["eta_s"]), ("  ckpt ", "dim"), _fmt(summary["last_checkpoint"]),
         ("  ", ""), (status, "green" if status != "running" or not summary["alerts"] else "yellow"),
     )

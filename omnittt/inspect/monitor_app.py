@@ -271,7 +271,8 @@ class MonitorApp(App[None]):
         line1 = Text.assemble(("run ", "dim"), (state.name, "bold"), "  ", status)
         pairs = [
             ("step", step), ("stage", fmt(metrics.get("stage"))), ("loss", fmt(metrics.get("loss"))),
-            ("lr", fmt(metrics.get("lr"), ".2e")), ("tok/s", fmt(metrics.get("tokens_per_s"), ",.0f")),
+            ("lr", fmt(metrics.get("lr"), ".2e")), ("grad", fmt(metrics.get("grad_norm"), ".3g")),
+            ("tok/s", fmt(metrics.get("tokens_per_s"), ",.0f")),
             ("ETA", format_duration(state.eta_seconds())), ("ckpt", state.last_checkpoint or "-"),
         ]
         line2 = Text()

@@ -13,7 +13,8 @@ from omnittt.inspect.schemas import METRICS_FILE, TTT_STATE_FILE
 
 def metrics_line(step: int, loss: float = 2.0, time: float | None = None, **extra: Any) -> dict[str, Any]:
     record = {"schema": 1, "step": step, "time": 1000.0 + step if time is None else time, "loss": loss,
-              "lr": 1e-4, "tokens_per_s": 800.0 + step, "stage": "8k", "total_steps": 100}
+              "lr": 1e-4, "tokens_per_s": 800.0 + step, "grad_norm": 0.5, "stage": "8k",
+              "total_steps": 100}
     record.update(extra)
     return record
 
