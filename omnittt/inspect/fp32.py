@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from omnittt.errors import UserError
-from omnittt.inspect.health import ttt_cache_layers
+from omnittt.inspect.health import dtype_name, ttt_cache_layers
 from omnittt.inspect.schemas import INNER_PARAM_NAMES
 
 
@@ -67,10 +67,6 @@ def find_ttt_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
             if getattr(type(module), "is_ttt_layer", False)]
 
 
-def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
-
-
 class FP32Enforcer:
     """Verify (and with `auto_fix` restore) float32 for every TTT inner-state parameter and runtime state."""
 
@@ -109,7 +105,7 @@ class FP32Enforcer:
             report.parameters_checked += 1
             if param.dtype == torch.float32:
                 continue
-            drift = DtypeDrift(layer, "parameter", name, _dtype_name(param), module=module_name)
+            drift = DtypeDrift(layer, "parameter", name, dtype_name(param.dtype), module=module_name)
             if self.auto_fix:
                 with torch.no_grad():
                     param.data = param.data.float()
@@ -130,7 +126,7 @@ class FP32Enforcer:
                     report.states_checked += 1
                     if tensor.dtype == torch.float32:
                         continue
-                    drift = DtypeDrift(layer_idx, where, name, _dtype_name(tensor))
+                    drift = DtypeDrift(layer_idx, where, name, dtype_name(tensor.dtype))
                     if self.auto_fix:
                         # replace the dict entry (state is held by reference); .float() keeps the autograd graph
                         tensors[name] = tensor.float()

@@ -16,6 +16,11 @@ import torch
 EXPLODE_THRESHOLD = 1e4  # |x| above this in a TTT state or weight is treated as exploding (the seed's figure)
 
 
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """`torch.bfloat16` -> "bfloat16" (the spelling of the JSONL files and reports)."""
+    return str(dtype).removeprefix("torch.")
+
+
 class NumericalError(RuntimeError):
     """Raised when a checked tensor holds NaN/Inf and the caller asked to fail."""
 
@@ -73,7 +78,7 @@ def check_numerical_health(
     else:
         max_abs = float(data.abs().max())
     health = TensorHealth(
-        name=name, dtype=str(data.dtype).removeprefix("torch."), numel=data.numel(), nan_count=nan_count,
+        name=name, dtype=dtype_name(data.dtype), numel=data.numel(), nan_count=nan_count,
         inf_count=inf_count, max_abs=max_abs, is_exploding=max_abs > explode_threshold,
     )
     if (raise_on_nan and nan_count) or (raise_on_inf and inf_count):

@@ -48,7 +48,8 @@ TTT_STATE_OPTIONAL = (
     "stream_position",     # max over rows of the positions fed since the last reset
     "rows",                # batch rows the means are taken over
     "nonfinite",           # state names holding NaN/Inf
-    "source",              # "stats" (collect_ttt_stats) or "state" (norms computed from the cache state only)
+    "source",              # "stats" (collect_ttt_stats), "state" (norms from the cache state only) or "init"
+    "init_norm",           # {state: norm of the learned initial parameter} (when the logger knows the model)
 )
 
 FINISHED_EVENT = "finished"

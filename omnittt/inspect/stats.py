@@ -3,7 +3,8 @@
 `TTTStateLogger` turns what the TTT layers leave in `cache.layers[i].stats` (with `collect_ttt_stats=True`, the
 stats contract in CONTRACTS.md) into one `ttt_state.jsonl` line per TTT layer. It logs the *runtime* fast weights
 (the seed's monitor logged the learned initial weights, which hardly move, so its charts showed nothing). Norms come
-from the cache's live state so that they are never stale: after a `reset` a layer reports its learned init again.
+from the layer's statistics while those describe the cache's current state, else from the cache's live state, so
+they are never stale: after a `reset` a layer reports its learned init again.
 The trainer asks `wants(step)` to decide whether to pass `collect_ttt_stats=True` on that step.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from omnittt.inspect.fp32 import find_ttt_modules
-from omnittt.inspect.health import ttt_cache_layers
+from omnittt.inspect.health import dtype_name, ttt_cache_layers
 from omnittt.inspect.jsonl import JsonlWriter
 from omnittt.inspect.schemas import (
     FINISHED_EVENT,
@@ -30,11 +31,7 @@ from omnittt.inspect.schemas import (
 )
 
 DEFAULT_STATS_INTERVAL = 10  # optimizer steps between ttt_state.jsonl entries
-_RESERVED = frozenset(TTT_STATE_REQUIRED) | frozenset(TTT_STATE_OPTIONAL) | {"init_norm"}
-
-
-def _dtype_name(dtype: torch.dtype | str) -> str:
-    return str(dtype).removeprefix("torch.")
+_RESERVED = frozenset(TTT_STATE_REQUIRED) | frozenset(TTT_STATE_OPTIONAL)
 
 
 def _row_norms(tensor: torch.Tensor) -> torch.Tensor:
@@ -105,6 +102,9 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
     for name in names:
         data = tensors[name].detach()
         parts.append(torch.stack([torch.isnan(data).sum(), torch.isinf(data).sum()]).float().to(device))
+    init_names = [name for name in names if init and name in init]
+    for name in init_names:
+        parts.append(torch.linalg.vector_norm(init[name].detach(), dtype=torch.float32).reshape(1).to(device))
     flat = torch.cat(parts).cpu()
 
     offset = 0
@@ -119,6 +119,7 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
     delta_rows = {name: take(stats[f"{name}_delta"].numel()) for name in deltas}
     scalar_rows = {key: take(stats[key].numel()) for key in scalars}
     counts = {name: take(2) for name in names}
+    init_norms = {name: float(take(1)) for name in init_names}
 
     record: dict[str, Any] = {
         "layer": layer_idx,
@@ -128,7 +129,7 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
         "norm": {name: float(v.mean()) for name, v in norm_rows.items()},
         "norm_max": {name: float(v.max()) for name, v in norm_rows.items()},
         "delta": {name: float(v.mean()) for name, v in delta_rows.items()},
-        "dtype": {name: _dtype_name(tensors[name].dtype) for name in names},
+        "dtype": {name: dtype_name(tensors[name].dtype) for name in names},
     }
     for key, values in scalar_rows.items():
         record[key] = float(values.mean())
@@ -140,9 +141,8 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
     record["inf"] = sum(inf.values())
     record["nonfinite"] = [name for name in names if nan[name] or inf[name]
                            or not torch.isfinite(norm_rows[name]).all()]
-    if init:
-        record["init_norm"] = {name: float(torch.linalg.vector_norm(init[name].detach(), dtype=torch.float32))
-                               for name in names if name in init}
+    if init_norms:
+        record["init_norm"] = init_norms
     return record
 
 
