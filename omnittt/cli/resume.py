@@ -9,13 +9,13 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Continue a run exactly from its latest checkpoint.
-
-The run's own config.yaml is used, with the optimizer, learning-rate schedule, RNG, thread count and data
-position of the checkpoint, so the loss sequence continues as if the run had never stopped. --max-steps extends a
-finished run.
-
-Example: [bold]omnittt resume runs/tiny[/bold]"""
+HELP = (
+    "Continue a run exactly from its latest checkpoint.\n\n"
+    "The run's own config.yaml is used, with the optimizer, learning-rate schedule, RNG, thread count and data "
+    "position of the checkpoint, so the loss sequence continues as if the run had never stopped. --max-steps "
+    "extends a finished run (the learning rate stays at the end of its schedule).\n\n"
+    "Example: [bold]omnittt resume runs/tiny[/bold]"
+)
 
 
 def register(app: typer.Typer) -> None:

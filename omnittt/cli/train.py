@@ -9,15 +9,16 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Train a TTT speech model conversation by conversation.
-
-Each conversation starts from the learned TTT state and carries it across its exchanges; one optimizer step is
-one truncated-BPTT window of --tbptt-turns exchanges. Checkpoints (safetensors, no pickle) go to
-RUN/checkpoints/step_N every --save-every steps; `omnittt resume RUN` continues exactly.
-
-Settings: defaults < --config FILE.yaml < flags < --set key=value.
-
-Example: [bold]omnittt train --preset tiny --data processed_data --stage 8k --max-steps 200[/bold]"""
+HELP = (
+    "Train a TTT speech model conversation by conversation.\n\n"
+    "Each conversation starts from the learned TTT state and carries it across its exchanges; one optimizer step "
+    "is one truncated-BPTT window of --tbptt-turns exchanges. Checkpoints (safetensors, no pickle) go to "
+    "RUN/checkpoints/step_N every --save-every steps; `omnittt resume RUN` continues exactly.\n\n"
+    "Curriculum: `--stage 16k` with the same --run continues from the finished 8k stage's final checkpoint "
+    "(weights and step count carry on; the 16k sessions and learning rate are new).\n\n"
+    "Settings: defaults < --config FILE.yaml < flags < --set key=value.\n\n"
+    "Example: [bold]omnittt train --preset tiny --data processed_data --stage 8k --max-steps 200[/bold]"
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,6 +31,8 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(None, "--data", help="Processed dataset (default: processed_data)."),
         stage: str = typer.Option(None, "--stage", help="Curriculum stage: 8k, 16k, 32k, 64k (sessions packed "
                                   "to the stage's length), or none (whole conversations). Default 8k."),
+        allow_skip: bool = typer.Option(False, "--allow-skip", help="Start a later stage without the previous "
+                                        "one's checkpoint (from --model DIR or the preset)."),
         run: Path = typer.Option(None, "--run", help="Run directory (default: runs/<preset or model name>)."),
         config: Path = typer.Option(None, "--config", help="YAML settings file (see a run's config.yaml)."),
         max_steps: int = typer.Option(None, "--max-steps", help="Optimizer steps (default: --epochs passes)."),
@@ -82,7 +85,8 @@ def register(app: typer.Typer) -> None:
             "attention_window": attention_window, "mixed_precision": mixed_precision,
             "gradient_checkpointing": gradient_checkpointing, "val_conversations": val_conversations,
             "seed": seed, "num_threads": num_threads, "resume_from": _str(resume_from),
-            "reset_optimizer": reset_optimizer or None, "reset_step": reset_step or None,
+            "allow_skip": allow_skip or None, "reset_optimizer": reset_optimizer or None,
+            "reset_step": reset_step or None,
         }
         settings = settings.with_overrides(flags).with_overrides(parse_dotted_overrides(overrides))
         if (settings.reset_optimizer or settings.reset_step) and not settings.resume_from:

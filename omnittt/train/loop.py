@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
+from omnittt.atomic import atomic_write_json
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.speech import segment_positions
 from omnittt.train.checkpoint import save_checkpoint
 from omnittt.train.faults import fault_point
 from omnittt.train.guard import NonFiniteGuard, nonfinite_problems
-from omnittt.train.run_dir import RunDir
+from omnittt.train.run_dir import TRAINER_STATE_FILE, RunDir
 from omnittt.train.settings import TrainSettings
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "input_features", "feature_lengths", "num_positions")
@@ -48,6 +49,7 @@ class TrainerState:
     loader: dict[str, Any] = field(default_factory=dict)  # the loader's position: the next batch
     guard: dict[str, int] = field(default_factory=dict)
     num_threads: int = 0
+    finished: bool = False  # set by the final checkpoint of a completed run (a later stage may chain from it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +152,7 @@ class Trainer:
         task = progress.add_task("train", total=self.total_steps, completed=self.step, loss="-", tps="-") \
             if progress is not None else None
         self._progress = (progress, task)
+        self.state.finished = False
         while not self.done:
             trained_any = False
             for batch in self.loader:
@@ -163,7 +166,10 @@ class Trainer:
                 break  # an empty epoch: nothing more to train on
         if self._pending_windows:  # a partial accumulation left when the data ran out
             self._optimizer_step()
-        if self.last_saved_step != self.step or self.last_checkpoint is None:
+        self.state.finished = True
+        if self.last_saved_step == self.step and self.last_checkpoint is not None:
+            atomic_write_json(self.last_checkpoint / TRAINER_STATE_FILE, {**self.trainer_state(), "step": self.step})
+        else:
             self.save()
         self.metrics.finish(self.step)
         return self.state
@@ -251,7 +257,8 @@ class Trainer:
         val_loss = self.validate() if self._validation_due() else None
         self.metrics.log(
             self.step, loss, lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s,
-            grad_norm=float(grad_norm), stage=self.state.stage, total_steps=self.total_steps, tokens=self.state.tokens,
+            grad_norm=float(grad_norm), stage=self.state.stage, total_steps=self.total_steps,
+            tokens=self.state.tokens,
             conversation_ids=pending["conversations"], turns=pending["turns"],
             fp32_drifts=self.fp32_drifts or None, val_loss=val_loss,
         )

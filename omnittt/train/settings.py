@@ -22,7 +22,9 @@ class TrainSettings(Settings):
     preset: str | None = None  # a preset name from omnittt.core.presets.PRESETS, or ...
     model: str | None = None  # ... a local model directory (save_pretrained / an exported run)
     data: str = "processed_data"
-    stage: str = "8k"
+    stage: str = "8k"  # a curriculum stage (a later one continues from the previous stage's final checkpoint in
+    # the same run directory), or "none": whole conversations as stored, no session packing
+    allow_skip: bool = False  # start a later stage without the previous one (from --model DIR or the preset)
     run: str | None = None  # default: runs/<preset or model directory name>
     train: str = "ttt,projector"  # trainable parameter groups ("all" for everything)
 

@@ -152,9 +152,10 @@ def planned_steps(loader: Any, settings: TrainSettings) -> int:
 
 
 def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Path | None,
-           console: Any) -> Prepared:
+           console: Any, chained: bool = False) -> Prepared:
     """`source`: where the weights come from (None: the preset); `resume`: a checkpoint whose full state
-    (optimizer, schedule, RNG, data position, threads) continues."""
+    (optimizer, schedule, RNG, data position, threads) continues; `chained`: `source` is the previous
+    stage's final checkpoint in this run (weights and step count carry on; new data, optimizer and schedule)."""
     from accelerate import Accelerator
 
     from omnittt.core.features import build_feature_extractor
@@ -189,8 +190,10 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
 
     loader = ConversationLoader(train_ds, batch_size=settings.batch_size, shuffle=settings.shuffle,
                                 seed=settings.seed, feature_extractor=feature_extractor)
-    total_steps = planned_steps(loader, settings)
-    scheduler = build_scheduler(optimizer, settings.warmup_steps, total_steps, settings.min_lr_ratio)
+    stage_steps = planned_steps(loader, settings)
+    scheduler = build_scheduler(optimizer, settings.warmup_steps, stage_steps, settings.min_lr_ratio)
+    # the step count carries on across curriculum stages: a chained stage adds its own steps
+    total_steps = stage_steps + (int(read_trainer_state(source)["step"]) if chained else 0)
 
     speech_mode = model.config.speech_positions
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
@@ -204,6 +207,9 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
         loader.load_state_dict(trainer_state["loader"])
         state = TrainerState(**trainer_state)
         restore_rng(load_torch_state(resume, RNG_FILE))
+    elif chained:
+        previous = read_trainer_state(source)
+        state.step, state.tokens = int(previous["step"]), int(previous.get("tokens", 0))
     elif settings.resume_from is not None:  # transfer / fine-tune from another run's checkpoint
         previous = read_trainer_state(source)
         if not settings.reset_optimizer:
@@ -229,6 +235,10 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     run.create()
+    if chained and run.config_path.is_file():  # keep the finished stage's configuration beside the new one
+        previous_stage = read_trainer_state(source)["stage"]
+        run.config_path.replace(run.path / f"config.{previous_stage}.yaml")
+        config["continued_from"] = str(source)
     run.write_config(config)
     run.write_model_summary(summary)
     trainer = Trainer(settings, model, optimizer, scheduler, loader, run, total_steps, accelerator,
@@ -241,21 +251,51 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
 
 
 def start_run(settings: TrainSettings, overwrite: bool = False, console: Any = None) -> Prepared:
-    """`omnittt train`: a new run (from a preset, a model directory, or `resume_from` for transfer)."""
+    """`omnittt train`: a new run (from a preset, a model directory, or `resume_from` for transfer), or the next
+    curriculum stage of a run whose previous stage finished (same run directory)."""
     settings.require_model()
     run = RunDir(settings.run_dir)
+    chain_from = None
     if run.latest_path.exists() or run.metrics_path.exists():
-        if not overwrite:
-            raise UserError(f"{run.path} already holds a run",
-                            fix=f"continue it with `omnittt resume {run.path}`, choose another --run, "
-                                "or pass --overwrite to start over")
-        import shutil
+        if overwrite:
+            import shutil
 
-        shutil.rmtree(run.path)
+            shutil.rmtree(run.path)
+        else:
+            chain_from = _previous_stage_checkpoint(run, settings)
+    elif _previous_stage_name(settings.stage) is not None and not settings.allow_skip:
+        previous = _previous_stage_name(settings.stage)
+        raise UserError(f"stage {settings.stage} continues from the {previous} stage's final checkpoint, and "
+                        f"{run.path} has none",
+                        fix=f"train --stage {previous} first with the same --run, or pass --allow-skip (with "
+                            "--model DIR) to start this stage from a model")
     source = Path(settings.model) if settings.model else None
     if settings.resume_from is not None:
         source = resolve_checkpoint(settings.resume_from)
+    if chain_from is not None:
+        return _build(settings, run, chain_from, None, console, chained=True)
     return _build(settings, run, source, None, console)
+
+
+def _previous_stage_name(stage: str) -> str | None:
+    from omnittt.data.curriculum import stage_names
+
+    names = stage_names()
+    return names[names.index(stage) - 1] if stage in names and names.index(stage) > 0 else None
+
+
+def _previous_stage_checkpoint(run: RunDir, settings: TrainSettings) -> Path:
+    """The final checkpoint of the stage before `settings.stage` in `run`, or the error that says what to do."""
+    latest = run.latest_checkpoint()
+    previous = read_trainer_state(latest) if latest is not None else {}
+    if latest is None or _previous_stage_name(settings.stage) != previous.get("stage"):
+        raise UserError(f"{run.path} already holds a run" + (f" (stage {previous['stage']})" if previous else ""),
+                        fix=f"continue it with `omnittt resume {run.path}`, train its next curriculum stage, "
+                            "choose another --run, or pass --overwrite to start over")
+    if not previous.get("finished"):
+        raise UserError(f"stage {previous['stage']} in {run.path} has not finished (step {previous['step']})",
+                        fix=f"finish it first with `omnittt resume {run.path}`")
+    return latest
 
 
 def resume_run(path: str, overrides: dict[str, Any] | None = None, console: Any = None) -> Prepared:
