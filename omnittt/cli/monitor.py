@@ -93,6 +93,7 @@ def render_summary(summary: dict[str, Any]) -> Any:
     from rich.text import Text
 
     from omnittt.inspect.run_state import format_duration
+    from omnittt.inspect.schemas import FULL_PRECISION_DTYPES
 
     total = summary["total_steps"]
     status = "finished" if summary["finished"] else (
@@ -119,13 +120,13 @@ def render_summary(summary: dict[str, Any]) -> Any:
     for layer in summary["layers"]:
         norm, delta = layer["norm"] or {}, layer["delta"] or {}
         dtypes = layer["dtype"] or {}
-        bad = {k: v for k, v in dtypes.items() if v != "float32"}
+        bad = {k: v for k, v in dtypes.items() if v not in FULL_PRECISION_DTYPES}
         table.add_row(
             str(layer["layer"]), _fmt(layer["step"]), *[_fmt(norm.get(k)) for k in ("W1", "b1", "W2", "b2")],
             _fmt(delta.get("W1"), ".3g"),
             f"{_fmt(layer['inner_loss_before'])} → {_fmt(layer['inner_loss_after'])}",
             Text(", ".join(f"{k} {v}" for k, v in bad.items()), style="bold red") if bad
-            else Text("float32" if dtypes else "-", style="green"),
+            else Text("/".join(sorted(set(dtypes.values()))) or "-", style="green"),
         )
     alerts = Text()
     for alert in summary["alerts"]:

@@ -3,8 +3,9 @@
 The inner loop accumulates many small updates into W1 b1 W2 b2; in bfloat16 (8 bits of mantissa) those updates
 round away and the state stops learning or blows up. The learned initial parameters and the runtime state in the
 cache must therefore stay float32 whatever the rest of the model is cast to. `FP32Enforcer` finds the TTT modules
-(class attribute `is_ttt_layer = True`), reports every tensor that is not float32 with its layer, and with
-`auto_fix` casts it back. `attach()` adds forward hooks that do the same on every call.
+(class attribute `is_ttt_layer = True`), reports every tensor below float32 (float16, bfloat16, ...) with its layer,
+and with `auto_fix` casts it back; float64 (precision tests) is left alone. `attach()` adds forward hooks that do the
+same on every call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from omnittt.errors import UserError
 from omnittt.inspect.health import dtype_name, ttt_cache_layers
-from omnittt.inspect.schemas import INNER_PARAM_NAMES
+from omnittt.inspect.schemas import FULL_PRECISION_DTYPES, INNER_PARAM_NAMES
 
 
 class FP32Error(RuntimeError):
@@ -103,7 +104,7 @@ class FP32Enforcer:
             if not isinstance(param, torch.Tensor):
                 continue
             report.parameters_checked += 1
-            if param.dtype == torch.float32:
+            if dtype_name(param.dtype) in FULL_PRECISION_DTYPES:
                 continue
             drift = DtypeDrift(layer, "parameter", name, dtype_name(param.dtype), module=module_name)
             if self.auto_fix:
@@ -124,7 +125,7 @@ class FP32Enforcer:
                     if not isinstance(tensor, torch.Tensor):
                         continue
                     report.states_checked += 1
-                    if tensor.dtype == torch.float32:
+                    if dtype_name(tensor.dtype) in FULL_PRECISION_DTYPES:
                         continue
                     drift = DtypeDrift(layer_idx, where, name, dtype_name(tensor.dtype))
                     if self.auto_fix:

@@ -19,6 +19,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Label, Sparkline, Static
 
 from omnittt.inspect.run_state import LayerHistory, MonitorSettings, RunState, format_duration
+from omnittt.inspect.schemas import FULL_PRECISION_DTYPES
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 READ_SLICE = 4 << 20  # bytes read per file per tick: a long run's files load in slices, the UI stays responsive
@@ -58,9 +59,9 @@ def finite_series(values: Sequence[float]) -> list[float]:
 def dtype_text(dtypes: dict[str, str]) -> Text:
     if not dtypes:
         return Text("-")
-    bad = {name: dtype for name, dtype in dtypes.items() if dtype != "float32"}
+    bad = {name: dtype for name, dtype in dtypes.items() if dtype not in FULL_PRECISION_DTYPES}
     if not bad:
-        return Text("float32", style="green")
+        return Text("/".join(sorted(set(dtypes.values()))), style="green")
     return Text(", ".join(f"{name} {dtype}" for name, dtype in bad.items()), style="bold red")
 
 

@@ -21,6 +21,7 @@ from omnittt.inspect.jsonl import JsonlTail
 from omnittt.inspect.schemas import (
     CHECKPOINTS_DIR,
     FINISHED_EVENT,
+    FULL_PRECISION_DTYPES,
     LATEST_CHECKPOINT_FILE,
     METRICS_FILE,
     SCHEMA_VERSION,
@@ -74,7 +75,7 @@ class LayerHistory:
 
     @property
     def fp32(self) -> bool:
-        return all(dtype == "float32" for dtype in self.dtypes.values())
+        return all(dtype in FULL_PRECISION_DTYPES for dtype in self.dtypes.values())
 
     def add(self, record: dict[str, Any]) -> None:
         self.latest = record
@@ -199,7 +200,8 @@ class RunState:
             detail = f" ({', '.join(counts)})" if counts else ""
             self._event(("ttt", "nonfinite", layer_idx), "nonfinite", "error", layer_idx, step,
                         f"layer {layer_idx}: non-finite {what}{detail}")
-        drift = {name: dtype for name, dtype in (record.get("dtype") or {}).items() if dtype != "float32"}
+        drift = {name: dtype for name, dtype in (record.get("dtype") or {}).items()
+                 if dtype not in FULL_PRECISION_DTYPES}
         if drift:
             what = ", ".join(f"{name} {dtype}" for name, dtype in drift.items())
             self._event(("ttt", "dtype", layer_idx), "dtype", "error", layer_idx, step,
@@ -270,9 +272,10 @@ class RunState:
 
     @property
     def fp32_bad(self) -> list[dict[str, Any]]:
-        """Latest non-float32 runtime states: [{"layer", "state", "dtype"}]."""
+        """Latest runtime states below float32: [{"layer", "state", "dtype"}]."""
         return [{"layer": layer.layer, "state": name, "dtype": dtype}
-                for layer in self.sorted_layers() for name, dtype in layer.dtypes.items() if dtype != "float32"]
+                for layer in self.sorted_layers() for name, dtype in layer.dtypes.items()
+                if dtype not in FULL_PRECISION_DTYPES]
 
     @property
     def fp32_ok(self) -> bool | None:

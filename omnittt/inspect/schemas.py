@@ -54,6 +54,9 @@ TTT_STATE_OPTIONAL = (
 
 FINISHED_EVENT = "finished"
 
+# Inner-state dtypes that keep the small TTT updates: float32, or float64 (precision tests). Anything lower drifted.
+FULL_PRECISION_DTYPES = ("float32", "float64")
+
 
 def is_supported(record: dict) -> bool:
     """True for a line this reader understands (same major schema)."""

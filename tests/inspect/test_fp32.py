@@ -134,3 +134,14 @@ def test_check_numerical_health_counts_and_raises_with_the_name():
         check_numerical_health(bad, "layer 2 W2", raise_on_nan=True)
     check_numerical_health(torch.tensor([float("inf")]), "y", raise_on_nan=True)  # Inf alone: not asked to raise
     assert check_numerical_health(torch.tensor([1.0], dtype=torch.bfloat16), "z").dtype == "bfloat16"
+
+
+def test_float64_precision_runs_are_left_alone(tiny_ttt_model, ttt_turn):
+    model = tiny_ttt_model.double()
+    cache = ttt_turn(model)
+    layer = model.config.ttt_layers[0]
+    assert cache.layers[layer].state["W1"].dtype == torch.float64
+    report = FP32Enforcer(model).verify(cache)
+    assert report.ok, report.describe()
+    assert cache.layers[layer].state["W1"].dtype == torch.float64
+    assert ttt_module(model, layer).W1.dtype == torch.float64

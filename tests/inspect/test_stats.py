@@ -157,6 +157,9 @@ def test_run_state_alerts_for_nan_dtype_and_norm_growth(run_writer, lines):
     state.poll()
     (growth,) = state.alerts()
     assert growth.kind == "growth" and growth.layer == 4 and "W2" in growth.message
+    run_writer.ttt.write(lines.ttt(8, 6, dtype="float64"))  # a precision run: full precision, no drift
+    state.poll()
+    assert [a.kind for a in state.alerts()] == ["growth"] and state.fp32_ok is True
     run_writer.ttt.write(lines.ttt(8, 4, dtype="bfloat16"))
     run_writer.ttt.write(lines.ttt(8, 5, nan=3, nonfinite=["b1"], norm={"W1": 1.0, "b1": None}))
     state.poll()
