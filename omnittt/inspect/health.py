@@ -140,11 +140,16 @@ def ttt_cache_layers(cache: Any) -> Iterator[tuple[int, Any]]:
 
 
 def _nonfinite_norms(tensors: list[torch.Tensor]) -> list[int]:
-    """Indices of the tensors whose float32 norm is not finite, with one sync for all of them."""
-    if not tensors:
-        return []
-    norms = torch.stack([torch.linalg.vector_norm(t.detach(), dtype=torch.float32).to("cpu") for t in tensors])
-    return torch.nonzero(~torch.isfinite(norms)).flatten().tolist()
+    """Indices of the tensors whose float32 norm is not finite, with one device sync per device."""
+    by_device: dict[torch.device, list[int]] = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    bad: list[int] = []
+    for indices in by_device.values():
+        norms = torch.stack([torch.linalg.vector_norm(tensors[i].detach(), dtype=torch.float32) for i in indices])
+        flags = (~torch.isfinite(norms)).cpu().tolist()
+        bad.extend(i for i, flag in zip(indices, flags, strict=True) if flag)
+    return sorted(bad)
 
 
 def check_model_health(
