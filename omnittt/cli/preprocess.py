@@ -13,10 +13,16 @@ from omnittt.cli._common import handle_errors
 HELP = """Turn a raw corpus into a processed dataset of exchange samples (one sample per user turn + reply).
 
 SOURCE is [bold]deepdialogue[/bold] (DeepDialogue-xtts: repo root, data/ or one dialogues_* folder),
-[bold]synthetic[/bold] (made by `omnittt download synthetic`) or [bold]conversations[/bold]
-(conversations/<id>/turn_N.wav + turn_N.txt + metadata.json; see docs/data_format.md). INPUT defaults to
-where `omnittt download SOURCE` puts the corpus. Broken files are reported in errors.jsonl and skipped; a
-killed run resumes when rerun with the same flags.
+[bold]synthetic[/bold] (made by `omnittt download synthetic`), [bold]conversations[/bold]
+(conversations/<id>/turn_N.wav + turn_N.txt + metadata.json), [bold]dailytalk[/bold] (data/<d>/<u>_<spk>_d<d>.wav
++ .txt), [bold]librispeech[/bold] (a chapter = one pseudo-conversation; ASR), [bold]commonvoice[/bold] (clips/ +
+a TSV; a speaker's clips grouped --group-size at a time; ASR), [bold]librilight[/bold] (audio only: writes an
+audio index for pre-training, no samples) or [bold]auto[/bold] (recognise the layout of INPUT). See
+docs/data_format.md. INPUT defaults to where `omnittt download SOURCE` puts the corpus. Broken files are reported
+in errors.jsonl and skipped; a killed run resumes when rerun with the same flags.
+
+Across machines: run each with [bold]--num-shards N --shard-index I[/bold], then
+[bold]omnittt preprocess merge DIR... --output OUT[/bold] (ids renumbered as one unsharded run would number them).
 
 Example: [bold]omnittt preprocess deepdialogue ./deepdialogue-xtts --output processed_data --workers 8[/bold]"""
 
@@ -28,15 +34,17 @@ def register(app: typer.Typer) -> None:
                  short_help="Turn a raw corpus into a processed dataset of exchange samples.")
     @handle_errors
     def command(
-        source: str = typer.Argument(..., help="deepdialogue, synthetic or conversations."),
-        input_dir: Path = typer.Argument(None, help="The corpus folder (default: where `download` puts it).",
-                                         show_default=False),
+        source: str = typer.Argument(..., help="deepdialogue, synthetic, conversations, dailytalk, librispeech, "
+                                     "commonvoice, librilight, auto; or merge (then INPUT is the datasets)."),
+        inputs: list[Path] = typer.Argument(None, help="The corpus folder (default: where `download` puts it); "
+                                            "for merge, the dataset folders.", show_default=False),
         output: Path = typer.Option(Path("processed_data"), "--output", "-o", help="Dataset folder to write."),
         tokenizer: Path = typer.Option(None, "--tokenizer", help="Local Hugging Face tokenizer folder "
                                        "(default: the built-in offline tokenizer).", show_default=False),
         fmt: str = typer.Option("pt", "--format", help="pt (one .pt per sample) or arrow."),
-        task: str = typer.Option("dialogue", "--task", help="dialogue (user speech -> assistant text) or "
-                                 "asr (every turn is speech, its transcript the target)."),
+        task: str = typer.Option(None, "--task", help="dialogue (user speech -> assistant text) or "
+                                 "asr (every turn is speech, its transcript the target). Default: asr for "
+                                 "librispeech and commonvoice, else dialogue.", show_default=False),
         user_speaker: str = typer.Option(None, "--user-speaker", help="Speaker that is the user in the "
                                          "dialogue task (deepdialogue: LLM1; conversations: the first "
                                          "speaker).", show_default=False),
@@ -53,17 +61,40 @@ def register(app: typer.Typer) -> None:
                                             "bad one as a separate conversation instead of dropping them."),
         strict: bool = typer.Option(False, "--strict", help="Stop with exit 2 at the first skipped input."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --output."),
+        split: str = typer.Option(None, "--split", help="librispeech: subset folder(s), comma-separated (default: "
+                                  "all found); commonvoice: the TSV (default: train).", show_default=False),
+        group_size: int = typer.Option(16, "--group-size", help="commonvoice: clips per pseudo-conversation."),
+        num_shards: int = typer.Option(1, "--num-shards", help="Split the dialogues into N equal blocks (one "
+                                       "per machine) ..."),
+        shard_index: int = typer.Option(0, "--shard-index", help="... and process block I (0..N-1)."),
     ) -> Any:
-        from omnittt.data.preprocess import PreprocessOptions, plan, run
+        from omnittt.data.preprocess import PreprocessOptions, plan, resolve_source, run
+        from omnittt.errors import UserError
 
+        if source == "merge":
+            _merge(inputs or [], output, overwrite)
+            return
+        if inputs and len(inputs) > 1:
+            raise UserError(f"one INPUT folder expected, got {len(inputs)}",
+                            fix="give one corpus folder (several datasets are combined with `preprocess merge`)")
+        input_dir = inputs[0] if inputs else None
         options = PreprocessOptions(
             source=source, input_dir=None if input_dir is None else str(input_dir), output=str(output),
             tokenizer=None if tokenizer is None else str(tokenizer), format=fmt, task=task,
             user_speaker=user_speaker, max_dialogues=max_dialogues, skip=skip,
             workers=workers if workers is not None else (os.cpu_count() or 1),
             mini_batch_size=mini_batch_size, speech_positions=speech_positions,
-            split_at_holes=split_at_holes, strict=strict, overwrite=overwrite,
+            split_at_holes=split_at_holes, strict=strict, overwrite=overwrite, split=split,
+            group_size=group_size, num_shards=num_shards, shard_index=shard_index,
         )
+        options, detected = resolve_source(options)
+        if detected:
+            from omnittt.console import console
+
+            console.print(f"[bold]auto:[/bold] {options.input_dir} holds [bold]{options.source}[/bold] ({detected})")
+        if options.source == "librilight":
+            _audio_index(options)
+            return
         the_plan = plan(options)
         _print_plan(the_plan)
         summary = _run_with_progress(the_plan, run)
@@ -95,6 +126,9 @@ def _print_plan(plan: Any) -> None:
     grid.add_column(style="bold")
     grid.add_column()
     grid.add_row("input", f"{plan.root} ({o.source}: {plan.found} dialogues, {len(plan.refs)} selected)")
+    if o.num_shards > 1:
+        grid.add_row("shard", f"{o.shard_index} of {o.num_shards}: {len(plan.refs)} of {plan.selected} dialogues "
+                     "(combine the shards with `omnittt preprocess merge`)")
     grid.add_row("output", f"{plan.output} (--format {o.format})")
     grid.add_row("tokenizer", f"{s['tokenizer_name']}  vocab {s['vocab_size']}  fingerprint "
                  f"{s['tokenizer_fingerprint'][:12]}  pad id {s['pad_token_id']}")
@@ -158,4 +192,48 @@ def _print_summary(summary: Any) -> None:
     table.add_row("output", f"{summary.output} ({_size(size)})")
     if st["errors"]:
         table.add_row("details", str(Path(summary.output) / "errors.jsonl"))
+    console.print(table)
+
+
+def _audio_index(options: Any) -> None:
+    """librilight: no samples, an audio index for a later pre-training stage."""
+    from rich.panel import Panel
+
+    from omnittt.console import console, make_progress
+    from omnittt.data.sources import librilight, resolve_input
+
+    root = resolve_input(options.source, options.input_dir)
+    with make_progress(transient=True) as progress:
+        summary = librilight.build_index(root, Path(options.output), split=options.split,
+                                         overwrite=options.overwrite, progress=progress)
+    skipped = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items()) or "none"
+    console.print(Panel(
+        f"librilight is audio-only (no transcripts, no conversations): [bold]no samples[/bold] were made.\n"
+        f"Wrote an audio index for a later pre-training stage: {summary.output / librilight.INDEX_FILE}\n"
+        f"{summary.files} files, {summary.hours:.2f} h, {summary.stats['speakers']} speakers, "
+        f"{summary.stats['books']} books; without .json metadata {summary.without_metadata}; skipped: {skipped}"
+        + (f"\ndetails: {summary.output / 'errors.jsonl'}" if summary.skipped else ""),
+        title="omnittt preprocess librilight", expand=False))
+
+
+def _merge(inputs: list[Path], output: Path, overwrite: bool) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console, make_progress
+    from omnittt.data.merge import merge_datasets
+
+    with make_progress(transient=True) as progress:
+        summary = merge_datasets(inputs, output, overwrite=overwrite, progress=progress)
+    st = summary.stats
+    table = Table(title="preprocess merge", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("inputs", f"{len(summary.inputs)} {'shards (in shard order)' if summary.shards else 'datasets'}")
+    table.add_row("dialogues", f"{st['dialogues']} ({st['dialogues_with_samples']} with samples)")
+    table.add_row("conversations", str(st["conversations"]))
+    table.add_row("samples (exchanges)", str(st["samples"]))
+    table.add_row("user speech", _duration(st["speech_sec"]))
+    for reason, count in st["skipped"].items():
+        table.add_row(f"skipped: {reason}", f"[yellow]{count}[/yellow]")
+    table.add_row("output", str(summary.output))
     console.print(table)

@@ -36,3 +36,7 @@ class Conversation:
     metadata: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None  # a whole-conversation defect (e.g. `missing_audio_folder`, `bad_json`)
     problem_detail: str = ""
+    # A pseudo-conversation of independent utterances (a LibriSpeech chapter, a Common Voice speaker's
+    # clips): a bad utterance is skipped alone instead of ending the conversation, since nothing later
+    # depends on it.
+    independent_turns: bool = False

@@ -43,7 +43,17 @@ from omnittt.core.speech import SAMPLE_RATE, SPEECH_POSITION_MODES, padding_for,
 from omnittt.data import store
 from omnittt.data.audio import AudioError, audio_info, load_audio
 from omnittt.data.conversation import Conversation
-from omnittt.data.sources import DEFAULT_USER_SPEAKER, ConversationRef, get_source, resolve_input
+from omnittt.data.sources import (
+    AUDIO_ONLY,
+    DEFAULT_TASK,
+    DEFAULT_USER_SPEAKER,
+    PSEUDO_CONVERSATIONS,
+    ConversationRef,
+    SourceOptions,
+    detect,
+    get_source,
+    resolve_input,
+)
 from omnittt.errors import UserError
 
 TASKS = ("dialogue", "asr")
@@ -65,7 +75,7 @@ class PreprocessOptions(Settings):
     output: str = "processed_data"
     tokenizer: str | None = None
     format: str = "pt"
-    task: str = "dialogue"
+    task: str | None = None  # None: the source's task (asr for librispeech / commonvoice, else dialogue)
     user_speaker: str | None = None
     max_dialogues: int | None = None
     skip: int = 0
@@ -75,6 +85,13 @@ class PreprocessOptions(Settings):
     split_at_holes: bool = False
     strict: bool = False
     overwrite: bool = False
+    split: str | None = None  # librispeech subset(s) / commonvoice TSV
+    group_size: int = 16  # commonvoice clips per pseudo-conversation
+    num_shards: int = 1  # this run processes block `shard_index` of `num_shards` equal blocks of dialogues
+    shard_index: int = 0
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(split=self.split, group_size=self.group_size)
 
 
 # ----------------------------------------------------------------------------------------------- faults
@@ -192,7 +209,8 @@ def convert(conv: Conversation, job: Job) -> DialogueResult:
         if reply_turn is not user and reply_turn.problem in _TEXT_PROBLEMS:
             problem = (reply_turn.problem, reply_turn.problem_path or conv.path, "")
         elif reply is None or not reply.strip():
-            problem = ("missing_text", conv.path, f"turn {a} has no text")
+            named = reply_turn.problem_path if reply_turn.problem == "missing_text" else None
+            problem = ("missing_text", named or conv.path, f"turn {a} has no text")
         elif user.problem:
             problem = (user.problem, user.problem_path or user.audio_path or conv.path, "")
         audio = None
@@ -206,8 +224,9 @@ def convert(conv: Conversation, job: Job) -> DialogueResult:
             problem = ("missing_audio", conv.path, f"turn {u} has no audio")
         if problem is not None:
             error(problem[0], problem[1], problem[2], exchange=k, turn=u)
-            hole = True
-            part = None  # with --split-at-holes, the next good exchange starts a new conversation
+            if not conv.independent_turns:  # a pseudo-conversation just goes on without that utterance
+                hole = True
+                part = None  # with --split-at-holes, the next good exchange starts a new conversation
             continue
         if part is None:
             part_number += 1
@@ -339,6 +358,8 @@ class Plan:
     done: int  # dialogues already in the journal (resume)
     estimate_bytes: int | None
     estimate_speech_sec: float | None
+    detected: str | None = None  # `auto`: why INPUT was recognised as options.source
+    selected: int = 0  # dialogues after --skip / --max-dialogues, before sharding
 
 
 def _settings(options: PreprocessOptions, tok: Any, user_speaker: str | None) -> dict[str, Any]:
@@ -356,12 +377,50 @@ def _settings(options: PreprocessOptions, tok: Any, user_speaker: str | None) ->
         "source": options.source,
         "split_at_holes": options.split_at_holes,
         "format": options.format,
+        "split": options.split,
+        "group_size": options.group_size,
+        # shard outputs record which block they hold (`omnittt preprocess merge` checks and drops these)
+        **({"num_shards": options.num_shards, "shard_index": options.shard_index} if options.num_shards > 1 else {}),
     }
+
+
+def resolve_source(options: PreprocessOptions) -> tuple[PreprocessOptions, str | None]:
+    """`auto` -> the source INPUT holds (and why it was recognised); no --task -> the source's task."""
+    detected = None
+    if options.source == "auto":
+        if options.input_dir is None:
+            raise UserError("`auto` needs INPUT (the folder to look at)", fix="omnittt preprocess auto ./my_corpus")
+        source, detected = detect(options.input_dir)
+        options = dataclasses.replace(options, source=source)
+    get_source(options.source)  # an unknown name fails here, in one line
+    if options.task is None:
+        options = dataclasses.replace(options, task=DEFAULT_TASK.get(options.source, "dialogue"))
+    return options, detected
+
+
+def shard_block(refs: list[ConversationRef], num_shards: int, shard_index: int) -> list[ConversationRef]:
+    """Block `shard_index` of `num_shards` contiguous, equal (+-1) blocks in input order: the same on every
+    machine, and the blocks concatenated in shard order are the whole input, so merged shards number their
+    samples exactly as one unsharded run would."""
+    n = len(refs)
+    return refs[n * shard_index // num_shards: n * (shard_index + 1) // num_shards]
 
 
 def _check_options(options: PreprocessOptions) -> None:
     if options.task not in TASKS:
         raise UserError(f"unknown --task {options.task!r}", fix=f"use one of: {', '.join(TASKS)}")
+    if options.source in AUDIO_ONLY:
+        raise UserError(f"{options.source} is audio-only: it has no conversations to make samples from",
+                        fix=f"`omnittt preprocess {options.source} INPUT --output DIR` writes an audio index "
+                            "(omnittt.data.sources.librilight.build_index)")
+    if options.source in PSEUDO_CONVERSATIONS and options.task != "asr":
+        raise UserError(f"{options.source} has no dialogues (read speech, no replies): --task {options.task} "
+                        "does not apply", fix="use --task asr (the default for this source)")
+    if options.num_shards < 1 or not 0 <= options.shard_index < options.num_shards:
+        raise UserError(f"--shard-index {options.shard_index} is not in 0..{options.num_shards - 1} "
+                        f"(--num-shards {options.num_shards})", fix="e.g. --num-shards 3 --shard-index 0")
+    if options.group_size <= 0:
+        raise UserError("--group-size must be positive", fix="e.g. --group-size 16")
     if options.format not in store.FORMATS:
         raise UserError(f"unknown --format {options.format!r}", fix=f"use one of: {', '.join(store.FORMATS)}")
     if options.speech_positions not in SPEECH_POSITION_MODES:
@@ -400,15 +459,17 @@ def plan(options: PreprocessOptions) -> Plan:
     """Validate the options, find the input, load the tokenizer, estimate: no writes."""
     from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
 
+    options, detected = resolve_source(options)
     _check_options(options)
     reader = get_source(options.source)
     root = resolve_input(options.source, options.input_dir)
     output = Path(options.output).resolve()
     if output == root or root in output.parents:
         raise UserError(f"{output}: the output lies inside the input {root}", fix="choose another --output")
-    all_refs = reader.discover(root)
+    all_refs = reader.discover(root, options.source_options())
     end = None if options.max_dialogues is None else options.skip + options.max_dialogues
-    refs = all_refs[options.skip:end]
+    selected = all_refs[options.skip:end]
+    refs = shard_block(selected, options.num_shards, options.shard_index)
     tok = load_tokenizer(options.tokenizer) if options.tokenizer else build_default_tokenizer()
     user_speaker = options.user_speaker or DEFAULT_USER_SPEAKER.get(options.source)
     settings = _settings(options, tok, user_speaker)
@@ -417,7 +478,8 @@ def plan(options: PreprocessOptions) -> Plan:
     if journal_header is not None:
         _check_resume(output, journal_header, _header(options, root, settings, len(refs)))
     estimate = _estimate(root, options.source, refs, options.task, user_speaker) if refs else (0, 0.0)
-    return Plan(options, root, output, refs, len(all_refs), tok, settings, len(records), *estimate)
+    return Plan(options, root, output, refs, len(all_refs), tok, settings, len(records), *estimate,
+                detected=detected, selected=len(selected))
 
 
 def _header(options: PreprocessOptions, root: Path, settings: dict[str, Any], n: int) -> dict[str, Any]:
@@ -577,31 +639,40 @@ def _finalize(plan: Plan, records: list[dict[str, Any]], elapsed: float, speech_
               faults: Faults) -> dict[str, Any]:
     out, options = plan.output, plan.options
     index = [entry for r in records for entry in r["index"]]
-    manifest = [conv for r in records for conv in r["manifest"]]
-    errors = [err for r in records for err in r["errors"]]
-    total = len(index)
-    _remove_orphans(out, total)
+    _remove_orphans(out, len(index))
     if options.format == "arrow":
         arrow = out / store.ARROW_DIR
         if arrow.exists():  # from a run killed after the arrow write but before index.json
             shutil.rmtree(arrow)
         with atomic_directory(arrow) as tmp:
             store.write_arrow(out, [str(out / e["file_path"]) for e in index], tmp)
-        for entry in index:
-            entry["file_path"] = store.ARROW_DIR
+    stats = dataset_stats(records, source=options.source, input_dir=str(plan.root), found=plan.found,
+                          resumed_from=plan.done, elapsed=elapsed, speech_this_run=speech_this_run,
+                          settings=plan.settings)
+    write_dataset_files(out, records, stats, options.format, faults)
+    if options.format == "arrow":
+        shutil.rmtree(out / store.SAMPLES_DIR, ignore_errors=True)
+    return stats
+
+
+def dataset_stats(records: list[dict[str, Any]], *, source: str, input_dir: str, found: int, resumed_from: int,
+                  elapsed: float, speech_this_run: float, settings: dict[str, Any]) -> dict[str, Any]:
+    """preprocessing_stats.json from the journal records (a run's, or merged shards' in order)."""
+    index = [entry for r in records for entry in r["index"]]
+    errors = [err for r in records for err in r["errors"]]
     skipped = Counter(err["reason"] for err in errors)
     tokens = sum(e["num_tokens"] for e in index)
     real = sum(e["original_length"] for e in index)
     speech_sec = sum(r["speech_sec"] for r in records)
-    stats = {
+    return {
         "complete": True,
-        "source": options.source,
-        "input": str(plan.root),
-        "dialogues_found": plan.found,
+        "source": source,
+        "input": input_dir,
+        "dialogues_found": found,
         "dialogues": len(records),
         "dialogues_with_samples": sum(1 for r in records if r["index"]),
-        "conversations": len(manifest),
-        "samples": total,
+        "conversations": sum(len(r["manifest"]) for r in records),
+        "samples": len(index),
         "speech_sec": round(speech_sec, 3),
         "speech_hours": round(speech_sec / 3600, 4),
         "total_tokens": tokens,
@@ -611,20 +682,28 @@ def _finalize(plan: Plan, records: list[dict[str, Any]], elapsed: float, speech_
         "skipped": dict(sorted(skipped.items())),
         "errors": len(errors),
         "elapsed_sec": round(elapsed, 3),
-        "resumed_from_dialogue": plan.done,
+        "resumed_from_dialogue": resumed_from,
         "x_real_time": round(speech_this_run / elapsed, 2) if elapsed > 0 else None,
-        "settings": plan.settings,
+        "settings": settings,
     }
-    store.write_jsonl(out / store.ERRORS_FILE, errors)
+
+
+def write_dataset_files(out: Path, records: list[dict[str, Any]], stats: dict[str, Any], fmt: str,
+                        faults: Faults | None = None) -> None:
+    """errors.jsonl, manifest.jsonl, preprocessing_stats.json, then index.json (last: its presence means
+    complete). The samples (pt files or the arrow folder) must already be in place."""
+    faults = faults or Faults("")
+    index = [dict(entry) for r in records for entry in r["index"]]
+    if fmt == "arrow":
+        for entry in index:
+            entry["file_path"] = store.ARROW_DIR
+    store.write_jsonl(out / store.ERRORS_FILE, [err for r in records for err in r["errors"]])
     faults.hit("finalize")
-    store.write_jsonl(out / store.MANIFEST_FILE, manifest)
+    store.write_jsonl(out / store.MANIFEST_FILE, [conv for r in records for conv in r["manifest"]])
     faults.hit("finalize")
     atomic_write_json(out / store.STATS_FILE, stats)
     faults.hit("finalize")
-    atomic_write_json(out / store.INDEX_FILE, index, indent=None)  # last: its presence means complete
-    if options.format == "arrow":
-        shutil.rmtree(out / store.SAMPLES_DIR, ignore_errors=True)
-    return stats
+    atomic_write_json(out / store.INDEX_FILE, index, indent=None)
 
 
 def _remove_orphans(out: Path, total: int) -> None:

@@ -183,6 +183,10 @@ class SampleStore:
         self.data_dir = Path(data_dir)
         index_path = self.data_dir / INDEX_FILE
         if not index_path.exists():
+            if (self.data_dir / "audio_index.jsonl").exists():
+                raise UserError(f"{self.data_dir}: an audio index (librilight, for pre-training), not a dataset "
+                                "of samples", fix="point at the output of `omnittt preprocess` for a corpus with "
+                                "transcripts or dialogues")
             if (self.data_dir / ".preprocess").exists():
                 raise UserError(f"{self.data_dir}: preprocessing has not finished (no {INDEX_FILE} yet)",
                                 fix="rerun the same `omnittt preprocess` command: it resumes")

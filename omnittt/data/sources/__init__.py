@@ -1,8 +1,11 @@
 """Corpus sources: each turns one corpus layout into `Conversation`s.
 
-A source module offers `discover(root) -> list[ConversationRef]` (cheap: lists files, sorted by conversation
-id = input order) and `read(root, ref) -> Conversation` (parses one conversation; called in workers). Defects
-found while reading are recorded on the conversation or turn, never raised: the pipeline reports them.
+A source module offers `discover(root, options) -> list[ConversationRef]` (cheap: lists files; its order is
+the input order, sorted by conversation id unless the module says otherwise), `read(root, ref, source) ->
+Conversation` (parses one conversation; called in workers) and `looks_like(root) -> str | None` (for `auto`:
+why `root` holds this layout, or None). Defects found while reading are recorded on the conversation or turn,
+never raised: the pipeline reports them. `librilight` is audio-only: it has no conversations and builds an
+audio index instead (omnittt/data/sources/librilight.py).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from omnittt.errors import UserError
 
@@ -19,6 +23,7 @@ from omnittt.errors import UserError
 DEFAULT_INPUT: dict[str, str] = {
     "deepdialogue": "deepdialogue-xtts",
     "synthetic": "synthetic",
+    "librispeech": "LibriSpeech",
 }
 # The speaker that is the user in the dialogue task when --user-speaker is not given (None: the first
 # speaker of each conversation).
@@ -26,7 +31,17 @@ DEFAULT_USER_SPEAKER: dict[str, str | None] = {
     "deepdialogue": "LLM1",
     "synthetic": "LLM1",
     "conversations": None,
+    "dailytalk": None,
 }
+# The task a source is preprocessed for when --task is not given: read speech has no replies.
+DEFAULT_TASK: dict[str, str] = {"librispeech": "asr", "commonvoice": "asr"}
+# Sources whose conversations are pseudo-conversations of independent utterances (no dialogue task).
+PSEUDO_CONVERSATIONS = ("librispeech", "commonvoice")
+# Module per source name (synthetic is written in the DeepDialogue layout).
+_MODULES = {"deepdialogue": "deepdialogue", "synthetic": "deepdialogue", "conversations": "conversations",
+            "librispeech": "librispeech", "dailytalk": "dailytalk", "commonvoice": "commonvoice",
+            "librilight": "librilight"}
+AUDIO_ONLY = ("librilight",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,18 @@ class ConversationRef:
 
     conversation_id: str
     path: str  # absolute
+    # What `read` needs beyond the path when discovery already parsed it (commonvoice: the TSV rows of a
+    # pseudo-conversation, so workers never re-read a million-line TSV).
+    items: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Source-specific choices (CLI flags): `split` = librispeech subset folder(s), comma-separated, or the
+    commonvoice TSV (default `train`); `group_size` = commonvoice clips per pseudo-conversation."""
+
+    split: str | None = None
+    group_size: int = 16
 
 
 def _under(base: str, path: str) -> bool:
@@ -55,19 +82,32 @@ def is_inside(root: str | os.PathLike, path: str | os.PathLike) -> bool:
 
 
 def source_names() -> list[str]:
-    return ["deepdialogue", "conversations", "synthetic"]
+    return list(_MODULES)
 
 
 def get_source(name: str) -> ModuleType:
-    if name in ("deepdialogue", "synthetic"):
-        from omnittt.data.sources import deepdialogue
+    import importlib
 
-        return deepdialogue
-    if name == "conversations":
-        from omnittt.data.sources import conversations
+    if name not in _MODULES:
+        raise UserError(f"unknown source {name!r}", fix=f"use one of: auto, {', '.join(source_names())}")
+    return importlib.import_module(f"omnittt.data.sources.{_MODULES[name]}")
 
-        return conversations
-    raise UserError(f"unknown source {name!r}", fix=f"use one of: {', '.join(source_names())}")
+
+def detect(root: str | os.PathLike) -> tuple[str, str]:
+    """`auto`: (source, why) for the layout `root` holds. Sources are tried from the most specific layout
+    to the most general; the first that recognises it wins."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory", fix="give the corpus folder as INPUT")
+    if (root / "synthetic.json").is_file() and get_source("synthetic").looks_like(root):
+        return "synthetic", "synthetic.json beside a DeepDialogue layout (made by `omnittt download synthetic`)"
+    for name in ("deepdialogue", "librispeech", "librilight", "dailytalk", "commonvoice", "conversations"):
+        why = get_source(name).looks_like(root)
+        if why:
+            return name, why
+    raise UserError(f"{root}: no known corpus layout here",
+                    fix="point INPUT at the corpus root, or name the source (deepdialogue, librispeech, "
+                        "dailytalk, commonvoice, librilight, conversations); see docs/data_format.md")
 
 
 def resolve_input(source: str, input_dir: str | os.PathLike | None) -> Path:

@@ -21,7 +21,7 @@ from typing import Any
 
 from omnittt.core.constants import ASSISTANT_ROLE, USER_ROLE
 from omnittt.data.conversation import Conversation, Turn
-from omnittt.data.sources import ConversationRef, is_inside
+from omnittt.data.sources import ConversationRef, SourceOptions, is_inside
 from omnittt.errors import UserError
 
 _TURN_FILE = re.compile(r"^turn_(\d+)\.(wav|flac|txt)$")
@@ -31,7 +31,17 @@ def _conversation_dirs(root: Path) -> Path:
     return root / "conversations" if (root / "conversations").is_dir() else root
 
 
-def discover(root: Path) -> list[ConversationRef]:
+def looks_like(root: Path) -> str | None:
+    if (root / "manifest.jsonl").is_file() and (root / "conversations").is_dir():
+        return "manifest.jsonl + conversations/"
+    base = root / "conversations"
+    if base.is_dir() and any(p.is_dir() and ((p / "metadata.json").exists() or any(p.glob("turn_*")))
+                             for p in base.iterdir()):
+        return "conversations/<id>/ folders with metadata.json or turn_N files"
+    return None
+
+
+def discover(root: Path, options: SourceOptions | None = None) -> list[ConversationRef]:
     manifest = root / "manifest.jsonl"
     refs: list[ConversationRef] = []
     if manifest.exists():

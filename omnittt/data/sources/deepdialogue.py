@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from omnittt.data.conversation import Conversation, Turn
-from omnittt.data.sources import ConversationRef, is_inside
+from omnittt.data.sources import ConversationRef, SourceOptions, is_inside
 from omnittt.errors import UserError
 
 FOLDER_PREFIX = "dialogues_"
@@ -40,7 +40,17 @@ def dialogue_folders(root: Path) -> list[Path]:
                     fix="point INPUT at the repo root, its data/ folder, or one dialogues_* folder")
 
 
-def discover(root: Path) -> list[ConversationRef]:
+def looks_like(root: Path) -> str | None:
+    base = root / "data" if (root / "data").is_dir() else root
+    folders = [p.name for p in base.iterdir() if p.is_dir() and p.name.startswith(FOLDER_PREFIX)]
+    if folders:
+        return f"{FOLDER_PREFIX}* folders ({', '.join(sorted(folders)[:3])}{', ...' if len(folders) > 3 else ''})"
+    if root.name.startswith(FOLDER_PREFIX) and any(p.suffix == ".json" for p in root.iterdir()):
+        return f"a {FOLDER_PREFIX}* folder of dialogue JSONs"
+    return None
+
+
+def discover(root: Path, options: SourceOptions | None = None) -> list[ConversationRef]:
     refs = []
     for folder in dialogue_folders(root):
         with os.scandir(folder) as entries:
