@@ -127,7 +127,7 @@ class HelpScreen(ModalScreen[None]):
 
 
 class LayerScreen(ModalScreen[None]):
-    """The logged history of one TTT layer."""
+    """The logged history of one TTT layer (follows the files like the main screen)."""
 
     BINDINGS = [Binding("escape,enter,q", "app.pop_screen", "back")]
     DEFAULT_CSS = """
@@ -136,37 +136,53 @@ class LayerScreen(ModalScreen[None]):
     LayerScreen Sparkline { height: 2; margin-bottom: 1; }
     LayerScreen DataTable { height: auto; max-height: 16; }
     """
+    ROWS = 30  # latest entries listed in the table
 
     def __init__(self, layer: LayerHistory) -> None:
         super().__init__()
         self.history = layer
+        self.names = layer.state_names
 
     def compose(self) -> ComposeResult:
-        layer = self.history
+        with VerticalScroll():
+            yield Label(id="title")
+            for name in self.names:
+                yield Label(id=f"label_{name}")
+                yield Sparkline([], id=f"spark_{name}")
+            for key in ("before", "after"):
+                yield Label(id=f"label_{key}")
+                yield Sparkline([], id=f"spark_{key}")
+            table: DataTable = DataTable(id="entries", cursor_type="row", zebra_stripes=True)
+            table.add_columns("step", *[f"|{n}|" for n in self.names], "inner before", "inner after", "dtype")
+            yield table
+
+    def on_mount(self) -> None:
+        self.update_history()
+
+    def update_history(self, layer: LayerHistory | None = None) -> None:
+        layer = self.history = layer or self.history
         steps = list(layer.steps)
         span = f"steps {steps[0]}-{steps[-1]}, {len(steps)} entries" if steps else "no entries"
-        with VerticalScroll():
-            yield Label(f"[b]TTT layer {layer.layer}[/b] ({layer.latest.get('kind', '?')}, {span})")
-            init = layer.latest.get("init_norm") or {}
-            for name in layer.state_names:
-                values = list(layer.norms[name])
-                learned = f"  (learned init {fmt(init[name])})" if name in init else ""
-                yield Label(f"|{name}|  last {fmt(values[-1] if values else None)}  "
-                            f"min {fmt(min(finite_series(values), default=None))}  "
-                            f"max {fmt(max(finite_series(values), default=None))}{learned}")
-                yield Sparkline(finite_series(values))
-            yield Label(f"inner loss before (last {fmt(_last(layer.inner_before))})")
-            yield Sparkline(finite_series(layer.inner_before))
-            yield Label(f"inner loss after (last {fmt(_last(layer.inner_after))})")
-            yield Sparkline(finite_series(layer.inner_after))
-            table: DataTable = DataTable(cursor_type="row", zebra_stripes=True)
-            table.add_columns("step", *[f"|{n}|" for n in layer.state_names], "inner before", "inner after",
-                              "dtype")
-            history = list(zip(steps, *[list(layer.norms[n]) for n in layer.state_names],
-                               layer.inner_before, layer.inner_after, strict=True))
-            for row in history[-30:][::-1]:
-                table.add_row(str(row[0]), *[fmt(v) for v in row[1:]], dtype_text(layer.dtypes))
-            yield table
+        self.query_one("#title", Label).update(
+            f"[b]TTT layer {layer.layer}[/b] ({layer.latest.get('kind', '?')}, {span})")
+        init = layer.latest.get("init_norm") or {}
+        for name in self.names:
+            values = finite_series(layer.norms[name])
+            learned = f"  (learned init {fmt(init[name])})" if name in init else ""
+            self.query_one(f"#label_{name}", Label).update(
+                f"|{name}|  last {fmt(_last(layer.norms[name]))}  min {fmt(min(values, default=None))}  "
+                f"max {fmt(max(values, default=None))}{learned}")
+            self.query_one(f"#spark_{name}", Sparkline).data = values
+        for key, series in (("before", layer.inner_before), ("after", layer.inner_after)):
+            self.query_one(f"#label_{key}", Label).update(f"inner loss {key} (last {fmt(_last(series))})")
+            self.query_one(f"#spark_{key}", Sparkline).data = finite_series(series)
+        table = self.query_one("#entries", DataTable)
+        table.clear()
+        columns = [list(layer.norms[n])[-self.ROWS:] for n in self.names]
+        rows = zip(steps[-self.ROWS:], *columns, list(layer.inner_before)[-self.ROWS:],
+                   list(layer.inner_after)[-self.ROWS:], list(layer.dtype_history)[-self.ROWS:], strict=True)
+        for step, *values, dtypes in reversed(list(rows)):
+            table.add_row(str(step), *[fmt(v) for v in values], dtype_text(dtypes))
 
 
 def _last(values: Sequence[float]) -> float | None:
@@ -254,6 +270,9 @@ class MonitorApp(App[None]):
         self.query_one("#tps_label", Label).update(f"tokens/s  last {fmt(tps[-1] if tps else None, ',.0f')}")
         self.update_layers()
         self.query_one("#alerts", Static).update(self.alerts_text())
+        screen = self.screen
+        if isinstance(screen, LayerScreen) and screen.history.layer in state.layers:
+            screen.update_history(state.layers[screen.history.layer])
 
     def header_text(self) -> Text:
         state, metrics = self.run_state, self.run_state.metrics

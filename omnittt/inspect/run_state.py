@@ -64,6 +64,7 @@ class LayerHistory:
         self.norms: dict[str, deque[float]] = {name: deque(maxlen=maxlen) for name in STATE_NAMES}
         self.inner_before: deque[float] = deque(maxlen=maxlen)
         self.inner_after: deque[float] = deque(maxlen=maxlen)
+        self.dtype_history: deque[dict[str, str]] = deque(maxlen=maxlen)
 
     @property
     def state_names(self) -> list[str]:
@@ -84,6 +85,7 @@ class LayerHistory:
         for name in STATE_NAMES:  # every series gets a point per entry so that they stay aligned with steps
             value = norms.get(name)
             self.norms[name].append(float(value) if _finite(value) else math.nan)
+        self.dtype_history.append(dict(record.get("dtype") or {}))
         for key, series in (("inner_loss_before", self.inner_before), ("inner_loss_after", self.inner_after)):
             value = record.get(key)
             series.append(float(value) if _finite(value) else math.nan)

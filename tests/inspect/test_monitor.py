@@ -152,6 +152,12 @@ async def test_enter_opens_the_selected_layers_history_and_help_opens(run_writer
         assert isinstance(app.screen, LayerScreen) and app.screen.history.layer == 3
         history = app.screen.query_one(DataTable)
         assert history.row_count == 3
+        assert [str(history.get_row_at(0)[0]), str(history.get_row_at(0)[1])] == ["3", "1.03"]  # newest first
+        run_writer.step(4, layers=(3,), dtype="bfloat16")  # the open history follows the files too
+        await poll(app, pilot)
+        assert history.row_count == 4
+        assert [str(cell) for cell in history.get_row_at(0)][:2] == ["4", "1.04"]
+        assert "bfloat16" in str(history.get_row_at(0)[-1]) and "bfloat16" not in str(history.get_row_at(1)[-1])
         await pilot.press("escape")
         assert not isinstance(app.screen, LayerScreen)
         await pilot.press("question_mark")
