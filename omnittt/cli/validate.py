@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed for choosing --sample-size samples."),
         output: Path = typer.Option(None, "--output", "-o", help="Write the full report as JSON here."),
         workers: int = typer.Option(None, "--workers", "-j", help="Parallel workers (default: one per core)."),
+        strict: bool = typer.Option(False, "--strict", help="Warnings count as errors (exit 1), e.g. in CI."),
     ) -> Any:
         from omnittt.atomic import atomic_write_json
         from omnittt.console import console, make_progress
@@ -46,7 +47,7 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             atomic_write_json(output, report.to_dict())
             console.print(f"report written to [bold]{output}[/bold]")
-        raise typer.Exit(0 if report.ok else 1)
+        raise typer.Exit(0 if report.ok and not (strict and report.warnings) else 1)
 
 
 def render(report: Any, console: Any) -> None:

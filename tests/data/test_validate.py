@@ -217,6 +217,10 @@ def test_cli_exit_codes_and_report(clean_pt, tmp_path):
     assert result.exit_code == 1 and rel in re.sub(r"[\s│]", "", result.output)  # named, however wrapped
     result = runner.invoke(app, ["validate", str(tmp_path / "nothing")])
     assert result.exit_code == 2
+    clipped = copy_dataset(clean_pt, tmp_path / "clipped")  # a warning only: clean, unless --strict
+    _edit_sample(clipped, 3, lambda s: s["speech"].clamp_(-0.01, 0.01).mul_(100.0))
+    assert runner.invoke(app, ["validate", str(clipped), "-j", "1"]).exit_code == 0
+    assert runner.invoke(app, ["validate", str(clipped), "-j", "1", "--strict"]).exit_code == 1
 
 
 def test_alignment_uses_the_recorded_speech_positions(h6_base, tmp_path):
