@@ -27,6 +27,7 @@ kept in the dtype of the initial W1 (float32 in the model), inputs are cast to i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Literal
@@ -37,6 +38,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 LN_EPS = 1e-6
+SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+GELU_A = 0.044715
 MLP_KEYS = ("W1", "b1", "W2", "b2")
 LINEAR_KEYS = ("W1", "b1")
 
@@ -50,19 +53,21 @@ def _gelu(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def _gelu_grad(grad: Tensor, x: Tensor) -> Tensor:
-    """grad * gelu'(x) for the tanh GELU, u = sqrt(2/pi) (x + 0.044715 x^3):
-    gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    PyTorch's fused kernel evaluates exactly this with sqrt(2/pi) in full precision (the reference code's truncated
-    0.79788456 costs ~1e-11 in float64) and is differentiable, so the outer backward goes through it."""
-    return torch.ops.aten.gelu_backward(grad, x, approximate="tanh")
+def _gelu_with_grad(x: Tensor) -> tuple[Tensor, Tensor]:
+    """The tanh GELU and its exact derivative, sharing one tanh (u = sqrt(2/pi) (x + 0.044715 x^3)):
+    gelu(x) = 0.5 x (1 + tanh u),  gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    (The reference code's truncated constant 0.79788456 costs ~1e-11 in float64; sqrt(2/pi) here is exact.)"""
+    x2 = x * x
+    t = torch.tanh(x * (SQRT_2_OVER_PI + SQRT_2_OVER_PI * GELU_A * x2))
+    half = 0.5 + 0.5 * t
+    return x * half, half + x * (1 - t * t) * (0.5 * SQRT_2_OVER_PI + 1.5 * SQRT_2_OVER_PI * GELU_A * x2)
 
 
 def _ln_l2_grad(z: Tensor, target: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     """dl/dz of l = 0.5 * ||weight * LN(z) + bias - target||^2, LN over the last dim (biased variance)."""
-    var, mean = torch.var_mean(z, dim=-1, keepdim=True, correction=0)
-    rstd = (var + LN_EPS).rsqrt()
-    zhat = (z - mean) * rstd
+    z = z - z.mean(-1, keepdim=True)  # (torch.var_mean is ~3x slower than these two reductions on CPU)
+    rstd = (z.square().mean(-1, keepdim=True) + LN_EPS).rsqrt()
+    zhat = z * rstd
     g = weight * torch.addcmul(bias - target, weight, zhat)  # dl/dzhat
     # through the normalisation: remove the mean and the zhat direction, then undo the scale
     return (g - g.mean(-1, keepdim=True) - zhat * (g * zhat).mean(-1, keepdim=True)) * rstd
@@ -130,9 +135,9 @@ def _mlp_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XKQ: Tensor
     XK = XKQ[:, : target.shape[1]]
     # keys at W_s and their loss gradients dl/dZ2, dl/dZ1 (queries ride along in the first product)
     Z1, Z1q = torch.baddbmm(b1, XKQ, W1).split(XK.shape[1], dim=1)
-    X2 = _gelu(Z1)
+    X2, dX2 = _gelu_with_grad(Z1)
     G2 = _ln_l2_grad(torch.baddbmm(b2, X2, W2), target, ln_w, ln_b)
-    G1 = _gelu_grad(G2 @ W2.mT, Z1)
+    G1 = (G2 @ W2.mT) * dX2
     # queries through W_i without forming it: M = eta * (Xq X^T + 1) folds the weight and bias updates together;
     # layer 2 sees the query's own hidden activations, computed with W1_i
     X2q = _gelu(torch.baddbmm(Z1q, M1, G1, alpha=-1))
@@ -325,9 +330,9 @@ def _partial_form(kind: str, XK: Tensor, XQ: Tensor, XV: Tensor, lr: Tensor, tok
     if kind == "linear":
         G1 = _ln_l2_grad(Z1, target, ln_w, ln_b)
         return XQ + _layer_norm(queries(1, XK, XQ, G1), ln_w, ln_b), accumulate(1, XK, G1)
-    X2 = _gelu(Z1)
+    X2, dX2 = _gelu_with_grad(Z1)
     G2 = _ln_l2_grad(X2 @ W["W2"] + W["b2"], target, ln_w, ln_b)
-    G1 = _gelu_grad(G2 @ W["W2"].mT, Z1)
+    G1 = (G2 @ W["W2"].mT) * dX2
     X2q = _gelu(queries(1, XK, XQ, G1))
     Zq = queries(2, X2, X2q, G2)
     return XQ + _layer_norm(Zq, ln_w, ln_b), {**accumulate(1, XK, G1), **accumulate(2, X2, G2)}
