@@ -49,13 +49,21 @@ def dataset_prefix_len(store: Any) -> int:
     return int(store.load(first)["prefix_len"]) if first is not None else 0
 
 
+def _index_view(store: Any) -> tuple[list[LoaderConversation], dict[int, int]]:
+    """The conversations of the index and the unpadded length of every exchange 0."""
+    try:
+        return conversations_from_index(store.index, store.manifest), first_exchange_lengths(store.index)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{store.data_dir}: damaged index or manifest ({exc.__class__.__name__}: {exc})",
+                        fix=f"run `omnittt validate {store.data_dir}` to find the entry") from None
+
+
 def plan_stages(data: Any, stages: Sequence[Stage] | None = None) -> list[StagePlan]:
     """What each curriculum stage would train on (conversations and sessions), without loading samples
     beyond one exchange 0."""
     store = _open(data)
-    conversations = conversations_from_index(store.index, store.manifest)
+    conversations, first = _index_view(store)
     prefix_len = dataset_prefix_len(store)
-    first = first_exchange_lengths(store.index)
     mbs = _mini_batch_size(store)
     return [plan_stage(conversations, stage, prefix_len, first, mbs) for stage in (stages or STAGES)]
 
@@ -75,14 +83,14 @@ class ConversationDataset:
         self.store = _open(data)
         self.mini_batch_size = _mini_batch_size(self.store)
         self.speech_positions = self.store.settings.get("speech_positions") or "trim"
-        conversations = conversations_from_index(self.store.index, self.store.manifest)
+        conversations, first = _index_view(self.store)
         self.plan: StagePlan | None = None
         if stage is None:
             self.conversations = conversations
         else:
             stage = get_stage(stage, stages) if isinstance(stage, str) else stage
-            self.plan = plan_stage(conversations, stage, dataset_prefix_len(self.store),
-                                   first_exchange_lengths(self.store.index), self.mini_batch_size)
+            self.plan = plan_stage(conversations, stage, dataset_prefix_len(self.store), first,
+                                   self.mini_batch_size)
             self.conversations = self.plan.items
             if not self.conversations:
                 raise UserError(
