@@ -68,6 +68,7 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
     """
 
     is_sliding = False
+    is_compileable = False  # state tensors are replaced, not written into static buffers
 
     def __init__(self, mini_batch_size: int, kv: DynamicLayer | None = None):
         super().__init__(number_of_states=1)
@@ -290,21 +291,27 @@ class TTTCache(Cache):
         return None
 
     # -- attention counters, used by TTTLlamaModel
-    def attention_inputs(self, chunk_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attention `position_ids` `[B, T]` (real tokens only) and the 2D mask `[B, S + T]` of past + chunk."""
+    def attention_inputs(self, chunk_mask: torch.Tensor, with_history: bool = True
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attention `position_ids` `[B, T]` (real tokens only) and the 2D mask `[B, S + T]` of past + chunk (None
+        without `with_history`: a model without attention layers keeps no mask history)."""
         batch = chunk_mask.shape[0]
+        chunk = chunk_mask.bool()
         if self.real_tokens is None:
             real = torch.zeros(batch, dtype=torch.long, device=chunk_mask.device)
-            history = chunk_mask.new_zeros(batch, self.seen_positions, dtype=torch.bool)
+        elif self.real_tokens.shape[0] != batch:
+            raise ValueError(
+                f"the cache holds {self.real_tokens.shape[0]} rows but the input has {batch}; "
+                "use a new cache (or cache.reset()) for a new batch"
+            )
         else:
-            if self.real_tokens.shape[0] != batch:
-                raise ValueError(
-                    f"the cache holds {self.real_tokens.shape[0]} rows but the input has {batch}; "
-                    "use a new cache (or cache.reset()) for a new batch"
-                )
-            real, history = self.real_tokens, self.attention_mask_history
-        chunk = chunk_mask.bool()
+            real = self.real_tokens
         position_ids = (real[:, None] + chunk.long().cumsum(1) - 1).clamp(min=0)
+        if not with_history:
+            return position_ids, None
+        history = self.attention_mask_history
+        if history is None:
+            history = chunk.new_zeros(batch, self.seen_positions)
         return position_ids, torch.cat([history, chunk], dim=1)
 
     def record_chunk(self, chunk_mask: torch.Tensor, keep_history: bool) -> None:

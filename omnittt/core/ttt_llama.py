@@ -150,7 +150,8 @@ class TTTLlamaModel(LlamaModel):
         cache = past_key_values if past_key_values is not None else TTTCache(self.config)
         batch, length = inputs_embeds.shape[:2]
         chunk_mask = _chunk_mask(attention_mask, batch, length, inputs_embeds.device)
-        attention_positions, full_mask = cache.attention_inputs(chunk_mask)
+        has_attention = any(kind is not None for kind in self.mask_kinds)
+        attention_positions, full_mask = cache.attention_inputs(chunk_mask, with_history=has_attention)
         if position_ids is None:
             position_ids = attention_positions
 
@@ -182,7 +183,7 @@ class TTTLlamaModel(LlamaModel):
                 hidden_states = _checkpointed_layer(decoder_layer, hidden_states, layer_kwargs)
             else:
                 hidden_states = decoder_layer(hidden_states, **layer_kwargs)
-        cache.record_chunk(chunk_mask, keep_history=any(k is not None for k in self.mask_kinds))
+        cache.record_chunk(chunk_mask, keep_history=has_attention)
 
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache if keep_cache else None)

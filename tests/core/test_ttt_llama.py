@@ -355,3 +355,16 @@ def test_own_gradient_checkpointing_keeps_state_across_exchanges():
     assert all((plain[n] - ckpt[n]).abs().max().item() <= 1e-6 for n in plain)
     assert ckpt["model.layers.1.self_attn.W1"].abs().sum() > 0
     assert ckpt_bytes < plain_bytes / 2
+
+
+def test_all_ttt_model_generates_and_tied_embeddings_stay_tied():
+    model = tiny(ttt_layers=range(4))
+    prompt = ids(1, 6)
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+        seq = prompt
+        for _ in range(4):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+    tied = convert_llama_to_ttt(tiny_base(tie=True), [1], mini_batch_size=B)
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
