@@ -65,6 +65,7 @@ class LayerHistory:
         self.inner_before: deque[float] = deque(maxlen=maxlen)
         self.inner_after: deque[float] = deque(maxlen=maxlen)
         self.dtype_history: deque[dict[str, str]] = deque(maxlen=maxlen)
+        self.sources: deque[str] = deque(maxlen=maxlen)
 
     @property
     def state_names(self) -> list[str]:
@@ -86,6 +87,7 @@ class LayerHistory:
             value = norms.get(name)
             self.norms[name].append(float(value) if _finite(value) else math.nan)
         self.dtype_history.append(dict(record.get("dtype") or {}))
+        self.sources.append(str(record.get("source", "stats")))
         for key, series in (("inner_loss_before", self.inner_before), ("inner_loss_after", self.inner_after)):
             value = record.get(key)
             series.append(float(value) if _finite(value) else math.nan)
@@ -188,9 +190,12 @@ class RunState:
         history = self.layers.get(layer_idx)
         if history is None:
             history = self.layers[layer_idx] = LayerHistory(layer_idx, self.settings.history)
-        # the growth baseline: the latest entries before this one (newest first; no copy of the whole history)
+        # the growth baseline: the runtime entries just before this one (newest first, no copy of the whole history);
+        # entries of a fresh/reset state ("init") are the learned init, which any training state outgrows at once
         window = self.settings.growth_window
-        previous = {name: list(itertools.islice(reversed(series), window)) for name, series in history.norms.items()}
+        previous = {name: list(itertools.islice(
+            (v for v, source in zip(reversed(series), reversed(history.sources), strict=True) if source != "init"),
+            window)) for name, series in history.norms.items()}
         history.add(record)
         step = record.get("step")
         bad = list(record.get("nonfinite") or [])
@@ -208,8 +213,9 @@ class RunState:
             what = ", ".join(f"{name} {dtype}" for name, dtype in drift.items())
             self._event(("ttt", "dtype", layer_idx), "dtype", "error", layer_idx, step,
                         f"layer {layer_idx}: TTT state not float32 ({what})")
-        for name, value in (record.get("norm") or {}).items():
-            self._check_growth(layer_idx, name, previous.get(name, []), value, step)
+        if record.get("source") != "init":
+            for name, value in (record.get("norm") or {}).items():
+                self._check_growth(layer_idx, name, previous.get(name, []), value, step)
         return True
 
     def _check_growth(self, layer_idx: int, name: str, previous: list[float], value: Any, step: Any) -> None:

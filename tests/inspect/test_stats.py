@@ -153,15 +153,20 @@ def test_run_state_alerts_for_nan_dtype_and_norm_growth(run_writer, lines):
     run_writer.ttt.write(lines.ttt(6, 4, w2=5.0))  # 2.5x the median: under the threshold
     state.poll()
     assert state.alerts() == []
-    run_writer.ttt.write(lines.ttt(7, 4, w2=9.0))
+    for step in (7, 8, 9):  # a reset state logged in between: neither part of a baseline nor checked itself
+        run_writer.ttt.write(lines.ttt(step, 4, w2=0.01, source="init"))
+    run_writer.ttt.write(lines.ttt(10, 4, w2=2.0))  # back to normal: 200x the init entries, but no alert
+    state.poll()
+    assert state.alerts() == []
+    run_writer.ttt.write(lines.ttt(10, 4, w2=9.0))
     state.poll()
     (growth,) = state.alerts()
     assert growth.kind == "growth" and growth.layer == 4 and "W2" in growth.message
-    run_writer.ttt.write(lines.ttt(8, 6, dtype="float64"))  # a precision run: full precision, no drift
+    run_writer.ttt.write(lines.ttt(11, 6, dtype="float64"))  # a precision run: full precision, no drift
     state.poll()
     assert [a.kind for a in state.alerts()] == ["growth"] and state.fp32_ok is True
-    run_writer.ttt.write(lines.ttt(8, 4, dtype="bfloat16"))
-    run_writer.ttt.write(lines.ttt(8, 5, nan=3, nonfinite=["b1"], norm={"W1": 1.0, "b1": None}))
+    run_writer.ttt.write(lines.ttt(11, 4, dtype="bfloat16"))
+    run_writer.ttt.write(lines.ttt(11, 5, nan=3, nonfinite=["b1"], norm={"W1": 1.0, "b1": None}))
     state.poll()
     kinds = {(a.kind, a.layer) for a in state.alerts()}
     assert {("dtype", 4), ("nonfinite", 5)} <= kinds
