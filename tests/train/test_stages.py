@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def long_data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("stage_data"), dialogues=60)  # one group of > 8,192 positions
+    return make_dataset(tmp_path_factory.mktemp("stage_data"), dialogues=100)  # one group of > 16,384 positions
 
 
 def test_16k_continues_from_the_8k_final_checkpoint(long_data, tmp_path):
