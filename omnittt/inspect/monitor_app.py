@@ -211,7 +211,6 @@ class MonitorApp(App[None]):
     BINDINGS = [
         Binding("q", "quit", "quit"),
         Binding("p", "toggle_pause", "pause"),
-        Binding("enter", "show_layer", "layer history", show=True),
         Binding("question_mark", "help", "help", key_display="?"),
     ]
 
