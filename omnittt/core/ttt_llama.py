@@ -277,9 +277,19 @@ class TTTLlamaForCausalLM(LlamaForCausalLM):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        """transformers' loader, plus two checks: the TTT parameters are finite, and in `gated` mode the attention
+        kept beside TTT was in the checkpoint (a plain Llama checkpoint has it under another name: convert it with
+        `convert_llama_to_ttt` instead of silently starting that attention from random weights)."""
+        wants_info = kwargs.get("output_loading_info", False)
+        model, info = super().from_pretrained(*args, **{**kwargs, "output_loading_info": True})
+        lost = [key for key in info["missing_keys"] if ".self_attn.attention." in key]
+        if lost:
+            raise ValueError(
+                f"the checkpoint has no weights for the attention kept in gated TTT layers ({lost[0]}, ...); "
+                "load it as a LlamaForCausalLM and use convert_llama_to_ttt(model, ..., mode='gated')"
+            )
         model.check_finite_ttt_parameters()
-        return model
+        return (model, info) if wants_info else model
 
 
 def convert_llama_to_ttt(

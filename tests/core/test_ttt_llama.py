@@ -278,6 +278,9 @@ def test_from_pretrained_of_a_plain_llama_initialises_ttt_parameters(tmp_path):
     assert torch.isfinite(layer.W1).all() and 0.01 < layer.W1.std().item() < 0.03
     assert torch.equal(layer.ttt_norm_weight, torch.ones_like(layer.ttt_norm_weight))
     assert torch.equal(layer.q_proj.weight, base.model.layers[2].self_attn.q_proj.weight)
+    config.ttt_mode = "gated"  # the kept attention would start random: refused, with the way out
+    with pytest.raises(ValueError, match="convert_llama_to_ttt"):
+        TTTLlamaForCausalLM.from_pretrained(tmp_path, config=config)
 
 
 def test_attention_window_bounds_kv_and_matches_full_attention_inside_the_window():
