@@ -161,13 +161,10 @@ def _linear_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XKQ: Ten
 def _dual_form(step: Callable, XK: Tensor, XQ: Tensor, XV: Tensor, eta: Tensor, ln_weight: Tensor, ln_bias: Tensor,
                state: tuple[Tensor, ...], checkpoint_group_size: int) -> tuple[Params, Tensor]:
     _check_dual_shapes(XK, XQ, XV, eta, ln_weight, state)
-    B, nh, n_mb, b, f = XK.shape
+    B, nh = XK.shape[:2]
     dtype = state[0].dtype
-
-    def per_step(x: Tensor) -> Tensor:  # [B, nh, n_mb, ...] -> contiguous [n_mb, B*nh, ...]: the scan unbinds dim 0
-        return x.to(dtype).movedim(2, 0).reshape(n_mb, B * nh, *x.shape[3:])
-
-    XK, XQ, XV, eta = map(per_step, (XK, XQ, XV, eta))
+    # [B*nh, n_mb, ...] views; the scan walks dim 1 and bmm takes the strided per-step slices without copies
+    XK, XQ, XV, eta = (x.to(dtype).flatten(0, 1) for x in (XK, XQ, XV, eta))
     eta = eta.tril()
     # everything that does not depend on the state is computed for all mini-batches at once
     inputs = (
@@ -180,32 +177,28 @@ def _dual_form(step: Callable, XK: Tensor, XQ: Tensor, XV: Tensor, eta: Tensor, 
     ln_w, ln_b = (p.to(dtype).repeat(B, 1)[:, None] for p in (ln_weight, ln_bias))
     state = tuple(p.to(dtype).flatten(0, 1) for p in state)
     state, zhat = _scan(partial(step, ln_w, ln_b), state, inputs, checkpoint_group_size)
-
-    def per_head(x: Tensor) -> Tensor:  # inverse of per_step
-        return x.unflatten(1, (B, nh)).movedim(0, 2)
-
-    XQW = torch.addcmul(ln_b + XQ, ln_w, zhat)  # the residual and LN affine for all tokens at once
+    XQW = torch.addcmul(ln_b[:, None] + XQ, ln_w[:, None], zhat)  # the residual and LN affine, all tokens at once
     final = {f"{name}_states": p.unflatten(0, (B, nh)) for name, p in zip(MLP_KEYS[: len(state)], state, strict=True)}
-    return final, per_head(XQW)
+    return final, XQW.unflatten(0, (B, nh))
 
 
 def _scan(step: Callable, state: tuple[Tensor, ...], inputs: tuple[Tensor, ...],
           group_size: int) -> tuple[tuple[Tensor, ...], Tensor]:
-    """Runs `step` over dim 0 of `inputs`, in groups of `group_size` mini-batches that are recomputed in backward
+    """Runs `step` over dim 1 of `inputs`, in groups of `group_size` mini-batches that are recomputed in backward
     (0 = keep everything). Inputs are unbound and outputs stacked, never indexed or written per step: per-step
     indexing makes autograd materialise a full-size gradient per mini-batch, a backward quadratic in length."""
-    n_mb = inputs[0].shape[0]
+    n_mb = inputs[0].shape[1]
     remat = group_size > 0 and torch.is_grad_enabled()
-    chunks = zip(*(x.split(min(group_size, n_mb) if remat else n_mb) for x in inputs), strict=True)
+    chunks = zip(*(x.split(min(group_size, n_mb) if remat else n_mb, dim=1) for x in inputs), strict=True)
     n_state = len(state)
 
     def run_group(*tensors: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
         # state and inputs as flat tensor arguments: checkpoint saves (and counts) only top-level tensors
         state, outs = tensors[:n_state], []
-        for xs in zip(*(x.unbind() for x in tensors[n_state:]), strict=True):
+        for xs in zip(*(x.unbind(1) for x in tensors[n_state:]), strict=True):
             state, out = step(state, *xs)
             outs.append(out)
-        return state, torch.stack(outs)
+        return state, torch.stack(outs, dim=1)
 
     outs = []
     for chunk in chunks:
@@ -214,7 +207,7 @@ def _scan(step: Callable, state: tuple[Tensor, ...], inputs: tuple[Tensor, ...],
         else:
             state, out = run_group(*state, *chunk)
         outs.append(out)
-    return state, outs[0] if len(outs) == 1 else torch.cat(outs)
+    return state, outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
 def _check_dual_shapes(XK: Tensor, XQ: Tensor, XV: Tensor, eta: Tensor, ln_weight: Tensor,
