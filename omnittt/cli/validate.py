@@ -77,6 +77,9 @@ def render(report: Any, console: Any) -> None:
             f"total {stats['total_positions']:,} positions, {stats['total_trained_tokens']:,} trained tokens, "
             f"{stats['total_speech_hours']:.3f} h speech; {stats['outliers']} length outliers"
         )
+    if report.skipped_inputs:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(report.skipped_inputs.items()))
+        console.print(f"preprocessing left out: {reasons} (see errors.jsonl)")
     sampled = "" if report.checked_samples == report.total_samples else f" (seed {report.seed})"
     verdict = ("[bold green]clean[/bold green]" if report.ok and not report.warnings
                else "[bold yellow]clean, with warnings[/bold yellow]" if report.ok

@@ -118,6 +118,7 @@ class ValidationReport:
     workers: int
     checks: dict[str, CheckResult]
     token_stats: dict[str, Any] = field(default_factory=dict)
+    skipped_inputs: dict[str, int] = field(default_factory=dict)  # what preprocessing left out, by reason
     elapsed_sec: float = 0.0
 
     @property
@@ -144,7 +145,7 @@ class ValidationReport:
             "workers": self.workers, "elapsed_sec": round(self.elapsed_sec, 3),
             "samples_per_sec": round(self.samples_per_sec, 1),
             "checks": {name: check.to_dict() for name, check in self.checks.items()},
-            "token_stats": self.token_stats,
+            "token_stats": self.token_stats, "skipped_inputs": self.skipped_inputs,
         }
 
 
@@ -238,6 +239,8 @@ def check_settings(store: Any, result: CheckResult) -> tuple[dict[str, Any], Any
         result.add(FAIL, where, f"mini_batch_size {mbs!r} is not a positive integer")
     if settings.get("speech_positions") not in (None, *SPEECH_POSITION_MODES):
         result.add(FAIL, where, f"speech_positions {settings.get('speech_positions')!r} not in {SPEECH_POSITION_MODES}")
+    if store.stats.get("complete") is False:
+        result.add(FAIL, where, "preprocessing did not finish (complete: false)")
     if settings.get("sample_rate") not in (None, SAMPLE_RATE):
         result.add(FAIL, where, f"sample_rate {settings.get('sample_rate')} is not {SAMPLE_RATE}")
     tokenizer = None
@@ -287,6 +290,9 @@ def check_index(store: Any, mini_batch_size: int | None, result: CheckResult) ->
             loadable.add(sid)
     if not store.index:
         result.add(FAIL, "index.json", "the index holds no samples")
+    recorded = store.stats.get("samples")
+    if _is_int(recorded) and recorded != len(store.index):
+        result.add(FAIL, "index.json", f"{len(store.index)} entries, preprocessing_stats.json says {recorded} samples")
     return loadable
 
 
@@ -657,7 +663,8 @@ def validate_dataset(
     return ValidationReport(
         data_dir=str(store.data_dir), format=store.format, total_samples=len(store.index),
         checked_samples=len(chosen), sample_size=sample_size, seed=seed, workers=workers, checks=checks,
-        token_stats=token_stats, elapsed_sec=time.perf_counter() - started,
+        token_stats=token_stats, skipped_inputs=dict(store.stats.get("skipped") or {}),
+        elapsed_sec=time.perf_counter() - started,
     )
 
 

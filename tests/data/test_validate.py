@@ -163,11 +163,14 @@ def test_settings_check(clean_pt, tmp_path):
     data = copy_dataset(clean_pt, tmp_path / "broken")
     stats = json.loads((data / "preprocessing_stats.json").read_text())
     del stats["settings"]["mini_batch_size"]
+    stats["complete"] = False
+    stats["samples"] += 1
     stats["settings"]["tokenizer_fingerprint"] = "0" * 64
     (data / "preprocessing_stats.json").write_text(json.dumps(stats))
     report = validate_dataset(data, workers=1)
     messages = " | ".join(o["message"] for o in report.checks["settings"].offenders)
-    assert "mini_batch_size" in messages and "fingerprint" in messages
+    assert "mini_batch_size" in messages and "fingerprint" in messages and "did not finish" in messages
+    assert "preprocessing_stats.json says" in report.checks["index"].offenders[0]["message"]
     assert report.checks["alignment"].skipped == report.total_samples  # nothing to align to
 
 
