@@ -1,4 +1,4 @@
-"""`omnittt download`: fetch a corpus, or make the synthetic one (the corpus downloads are issue #8)."""
+"""`omnittt download`: fetch a corpus (omnittt/data/download.py), or make the synthetic one."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Fetch a corpus (deepdialogue, librispeech) or make the synthetic one.
+HELP = """Fetch a corpus (deepdialogue, librispeech) or make the synthetic one; --list shows what can be fetched.
 
-The synthetic corpus is spoken offline with espeak-ng in the DeepDialogue-xtts layout: number, name and
-recall dialogues with two voices. The corpus goes to --to (default: where `omnittt preprocess SOURCE`
-looks), so `omnittt download synthetic` then `omnittt preprocess synthetic` needs no paths.
+[bold]deepdialogue[/bold]: SALT-Research/DeepDialogue-xtts through huggingface_hub (~173 GB in all; --subset
+GLOB picks model folders, --dry-run shows the exact size first). Resumable: rerun the same command.
+[bold]librispeech[/bold]: one split from openslr.org over HTTP (--split dev-clean), resumed after an
+interruption, md5-checked, extracted into --to. [bold]synthetic[/bold]: spoken offline with espeak-ng in the
+DeepDialogue-xtts layout (number, name and recall dialogues with two voices).
+The corpus goes to --to (default: where `omnittt preprocess SOURCE` looks), so `omnittt download SOURCE`
+then `omnittt preprocess SOURCE` needs no paths.
 
-Example: [bold]omnittt download synthetic --dialogues 20 --to synthetic[/bold]"""
+Example: [bold]omnittt download deepdialogue --subset dialogues_phi4-mini[/bold]
+Example: [bold]omnittt download librispeech --split dev-clean[/bold]"""
 
 SOURCES = ("synthetic", "deepdialogue", "librispeech")
 
@@ -25,23 +30,107 @@ def register(app: typer.Typer) -> None:
                  short_help="Fetch a corpus (deepdialogue, librispeech) or make the synthetic one.")
     @handle_errors
     def command(
-        source: str = typer.Argument(..., help="synthetic, deepdialogue or librispeech."),
+        source: str = typer.Argument(None, help="synthetic, deepdialogue or librispeech.", show_default=False),
         to: Path = typer.Option(None, "--to", help="Target folder (default: ./<source default>).",
                                 show_default=False),
+        list_: bool = typer.Option(False, "--list", help="Show what can be fetched and its size."),
+        subset: str = typer.Option(None, "--subset", help="deepdialogue: model folder(s), a glob "
+                                   "(dialogues_phi4-mini, 'dialogues_llama3-*'; default: all).", show_default=False),
+        dry_run: bool = typer.Option(False, "--dry-run", help="deepdialogue: list the files and sizes, fetch "
+                                     "nothing."),
+        workers: int = typer.Option(8, "--workers", "-j", help="deepdialogue: parallel downloads."),
+        split: str = typer.Option("dev-clean", "--split", help="librispeech: the split (see --list)."),
+        mirror: str = typer.Option(None, "--mirror", help="librispeech: base URL of an openslr mirror "
+                                   "(default https://www.openslr.org/resources/12).", show_default=False),
+        keep_archive: bool = typer.Option(False, "--keep-archive", help="librispeech: keep the .tar.gz."),
         dialogues: int = typer.Option(20, "--dialogues", help="synthetic: number of dialogues."),
         seed: int = typer.Option(0, "--seed", help="synthetic: the seed (same seed, same files)."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
                                              help="synthetic: exchanges of a recall dialogue."),
     ) -> Any:
         from omnittt.data.sources import DEFAULT_INPUT
-        from omnittt.errors import NotLandedError, UserError
+        from omnittt.errors import UserError
 
+        if list_:
+            _list()
+            return
         if source not in SOURCES:
-            raise UserError(f"unknown source {source!r}", fix=f"use one of: {', '.join(SOURCES)}")
-        if source != "synthetic":
-            raise NotLandedError(f"`omnittt download {source}` is not available yet (issue #8)",
-                                 fix="download the corpus yourself and pass its folder to `omnittt preprocess`")
-        _synthetic(to or Path(DEFAULT_INPUT["synthetic"]), dialogues, seed, recall_exchanges)
+            raise UserError(f"unknown source {source!r}" if source else "which corpus? (SOURCE is missing)",
+                            fix=f"use one of: {', '.join(SOURCES)} (omnittt download --list shows sizes)")
+        target = to or Path(DEFAULT_INPUT[source])
+        if source == "synthetic":
+            _synthetic(target, dialogues, seed, recall_exchanges)
+        elif source == "librispeech":
+            _librispeech(target, split, mirror, keep_archive)
+        else:
+            _deepdialogue(target, subset, workers, dry_run)
+
+
+def _list() -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+    from omnittt.data.download import catalog
+
+    table = Table(title="omnittt download --list", title_justify="left")
+    for column in ("source", "what", "size", "command"):
+        table.add_column(column, overflow="fold")
+    for row in catalog():
+        table.add_row(row["source"], row["what"], row["size"], row["command"])
+    console.print(table)
+
+
+def _bytes_progress() -> Any:
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    from omnittt.console import make_progress
+
+    return make_progress(DownloadColumn(), TransferSpeedColumn(), transient=True)
+
+
+def _librispeech(target: Path, split: str, mirror: str | None, keep_archive: bool) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+    from omnittt.data.download import LIBRISPEECH_URL, download_librispeech
+
+    with _bytes_progress() as progress:
+        summary = download_librispeech(split, target, mirror=mirror or LIBRISPEECH_URL, keep_archive=keep_archive,
+                                       progress=progress)
+    table = Table(title=f"LibriSpeech {split}" + ("" if summary.downloaded else " (already there)"),
+                  show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("folder", str(summary.path))
+    table.add_row("utterances", f"{summary.files} flac files" + (" (md5 checked)" if summary.downloaded else ""))
+    table.add_row("next", f"omnittt preprocess librispeech {summary.path.parent} --split {split}")
+    console.print(table)
+
+
+def _deepdialogue(target: Path, subset: str | None, workers: int, dry_run: bool) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+    from omnittt.data.download import DEEPDIALOGUE_REPO, download_deepdialogue, human
+
+    with _bytes_progress() as progress:
+        summary = download_deepdialogue(target, subset=subset, workers=workers, dry_run=dry_run, progress=progress)
+    title = f"{DEEPDIALOGUE_REPO}" + (" (dry run: nothing fetched)" if dry_run else "")
+    table = Table(title=title, title_justify="left")
+    table.add_column("folder")
+    table.add_column("files", justify="right")
+    table.add_column("size", justify="right")
+    for name, (files, size) in summary.per_folder.items():
+        table.add_row(name, str(files), human(size))
+    table.add_row("[bold]total[/bold]", str(summary.files), human(summary.bytes))
+    console.print(table)
+    if dry_run:
+        console.print(f"would fetch {summary.files - summary.skipped_files} files ({human(summary.downloaded_bytes)}) "
+                      f"into {summary.path}; {summary.skipped_files} already there")
+    else:
+        console.print(f"{summary.path}: fetched {summary.files - summary.skipped_files} files "
+                      f"({human(summary.downloaded_bytes)}), {summary.skipped_files} already complete\n"
+                      f"next: omnittt preprocess deepdialogue {summary.path}")
 
 
 def _synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) -> None:

@@ -105,6 +105,7 @@ def test_cli_download_then_preprocess(tmp_path, monkeypatch):
     ds = open_dataset(tmp_path / "processed_data")
     assert len(ds) > 0 and ds.settings["source"] == "synthetic"
     assert not (tmp_path / "processed_data" / "errors.jsonl").read_text()
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the offline path, no download
     assert runner.invoke(app, ["download", "deepdialogue"]).exit_code == 2
     bad = runner.invoke(app, ["preprocess", "nosuch", "x"])
     assert bad.exit_code == 2 and "unknown source" in bad.output
