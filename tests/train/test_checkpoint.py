@@ -98,8 +98,9 @@ def test_non_finite_weights_are_never_written(tmp_path):
     assert run.list_checkpoints() == [] and run.latest_checkpoint() is None
 
 
-@pytest.mark.parametrize("phase", ["checkpoint:after_temp_write", "checkpoint:after_rename",
-                                   "checkpoint:after_latest"])
+@pytest.mark.parametrize("phase", [pytest.param("checkpoint:after_temp_write", marks=pytest.mark.slow),
+                                   "checkpoint:after_rename",
+                                   pytest.param("checkpoint:after_latest", marks=pytest.mark.slow)])
 def test_crash_at_each_commit_phase_leaves_a_loadable_latest(tmp_path, phase):
     script = TINY_LLAMA + textwrap.dedent(f"""
         from omnittt.train.checkpoint import save_checkpoint
