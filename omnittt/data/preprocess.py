@@ -57,6 +57,7 @@ from omnittt.data.sources import (
 from omnittt.errors import UserError
 
 TASKS = ("dialogue", "asr")
+SPLIT_SOURCES = ("librispeech", "commonvoice", "librilight")  # sources with a --split choice
 STATE_DIR = ".preprocess"
 JOURNAL = "journal.jsonl"
 IN_FLIGHT = 4  # dialogues queued per worker
@@ -421,6 +422,9 @@ def _check_options(options: PreprocessOptions) -> None:
                         f"(--num-shards {options.num_shards})", fix="e.g. --num-shards 3 --shard-index 0")
     if options.group_size <= 0:
         raise UserError("--group-size must be positive", fix="e.g. --group-size 16")
+    if options.split and options.source not in SPLIT_SOURCES:
+        raise UserError(f"--split does not apply to {options.source}",
+                        fix=f"--split is for {', '.join(SPLIT_SOURCES)}; leave it out")
     if options.format not in store.FORMATS:
         raise UserError(f"unknown --format {options.format!r}", fix=f"use one of: {', '.join(store.FORMATS)}")
     if options.speech_positions not in SPEECH_POSITION_MODES:
