@@ -61,8 +61,8 @@ TENSOR_DTYPES = {"speech": "float32", "speech_lengths": "int64", "input_ids": "i
                  "attention_mask": "int64"}
 SCALAR_TYPES = {"conversation_id": str, "turn_number": int, "speaker_id": str, "original_length": int,
                 "prefix_len": int}
-REQUIRED_SETTINGS = ("mini_batch_size", "speech_positions", "tokenizer_fingerprint", "vocab_size",
-                     "sample_rate")
+REQUIRED_SETTINGS = ("mini_batch_size", "speech_positions", "tokenizer_name", "tokenizer_fingerprint",
+                     "vocab_size", "sample_rate", "task")  # DESIGN.md: what the dataset depends on
 SILENCE_PEAK = 1e-4  # about -80 dBFS: digital silence, not quiet speech
 CLIP_LEVEL = 0.999
 CLIP_SHARE_WARN = 0.001
