@@ -70,9 +70,18 @@ def _order(parts: list[Part]) -> tuple[list[Part], bool]:
     shard_counts = {p.settings.get("num_shards") for p in parts}
     if shard_counts == {None}:
         return parts, False
-    if None in shard_counts or len(shard_counts) > 1 or len({p.stats.get("input") for p in parts}) > 1:
+    # (the input path may differ: each machine mounts the corpus where it likes)
+    if None in shard_counts or len(shard_counts) > 1:
         raise UserError("the inputs mix shards of different runs (or shards and whole datasets)",
                         fix="merge the shards of each run first, then merge the results")
+    for key in ("skip", "max_dialogues"):
+        if len({p.header.get(key) for p in parts}) > 1:
+            raise UserError(f"the shards were made with different --{key.replace('_', '-')} values",
+                            fix="rerun the odd shard with the same flags as the others")
+    found = {p.stats.get("dialogues_found") for p in parts}
+    if len(found) > 1:  # the blocks were cut from different lists: some dialogues would be lost or doubled
+        raise UserError(f"the shards saw different inputs ({' vs '.join(map(str, sorted(found)))} dialogues found)",
+                        fix="give every machine the same corpus, then rerun the shards that differ")
     n = shard_counts.pop()
     by_index: dict[int, Part] = {}
     for part in parts:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from fake_corpora import make_deepdialogue
+from fake_corpora import make_deepdialogue, write_dialogue
 from source_corpora import make_commonvoice, make_librispeech
 from typer.testing import CliRunner
 
@@ -84,6 +85,15 @@ def test_merge_refuses_what_cannot_be_merged(corpus, tmp_path):
         merge_datasets([shards[0]], tmp_path / "m1")
     with pytest.raises(UserError, match="both shard 0"):
         merge_datasets([shards[0], shards[0], shards[1]], tmp_path / "m2")
+    odd = _run(corpus, tmp_path / "odd1", num_shards=2, shard_index=1, max_dialogues=5)
+    with pytest.raises(UserError, match="different --max-dialogues"):
+        merge_datasets([shards[0], odd], tmp_path / "m6")
+    grown = tmp_path / "grown" / "DeepDialogue-xtts"  # the same corpus on another machine, one dialogue more
+    shutil.copytree(corpus, grown)
+    write_dialogue(grown / "data" / "dialogues_phi4-mini", "zoo_1_2", ["hi", "hello"])
+    other_input = _run(grown, tmp_path / "grown1", num_shards=2, shard_index=1, max_dialogues=4)
+    with pytest.raises(UserError, match="saw different inputs"):
+        merge_datasets([shards[0], other_input], tmp_path / "m7")
     other = _run(corpus, tmp_path / "mbs32", max_dialogues=2, mini_batch_size=32)
     first = _run(corpus, tmp_path / "mbs64", max_dialogues=2)
     with pytest.raises(UserError, match="mini_batch_size is 32"):
