@@ -63,6 +63,13 @@ def conversations_corpus(base: Path) -> Path:
                              "text": f"Reply {k} of conversation {c}."}]
         (folder / "metadata.json").write_text(json.dumps(
             {"conversation_id": f"conv_{c}", "speakers": ["A", "B"], "domain": "chat", "turns": turns}))
+    # A damaged audio file: preprocessing reports it and keeps the rest (validate must still pass).
+    folder = target / "conversations" / "conv_broken"
+    folder.mkdir(parents=True)
+    (folder / "turn_0.wav").write_bytes(b"RIFF not really a wav file")
+    (folder / "metadata.json").write_text(json.dumps({"conversation_id": "conv_broken", "turns": [
+        {"turn_id": 0, "speaker": "A", "role": "user", "audio_file": "turn_0.wav"},
+        {"turn_id": 1, "speaker": "B", "role": "assistant", "text": "Never seen."}]}))
     # One exchange far longer than the rest (a length outlier for the token statistics).
     folder = target / "conversations" / "conv_long"
     folder.mkdir(parents=True)

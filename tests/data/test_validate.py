@@ -38,6 +38,7 @@ def test_clean_on_every_source(h6_base, source, fmt, mode):
     if warnings:
         assert "conv_long turn 0" in warnings[0][1]
         assert report.token_stats["outliers"] == 1
+        assert sum(report.skipped_inputs.values()) >= 1  # the damaged wav, reported by preprocessing
     assert report.ok and report.format == fmt
     assert report.checked_samples == report.total_samples == len(json.loads((data / "index.json").read_text()))
     for name in CHECKS:  # every check really ran
