@@ -92,7 +92,7 @@ class CurriculumScheduler:
         if target not in (self.index, self.index + 1) and not allow_skip:
             raise UserError(
                 f"moving from stage {self.stage.name} to {name} skips the curriculum order",
-                fix="train the stages in order, or pass the explicit skip flag (--skip-stages) to do it anyway",
+                fix="train the stages in order, or pass --allow-skip to do it anyway",
             )
         self.index = target
         return self.stage
