@@ -35,6 +35,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 LN_EPS = 1e-6
@@ -53,14 +54,37 @@ def _gelu(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def _gelu_with_grad(x: Tensor) -> tuple[Tensor, Tensor]:
-    """The tanh GELU and its exact derivative, sharing one tanh (u = sqrt(2/pi) (x + 0.044715 x^3)):
-    gelu(x) = 0.5 x (1 + tanh u),  gelu'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    (The reference code's truncated constant 0.79788456 costs ~1e-11 in float64; sqrt(2/pi) here is exact.)"""
+def _tanh_u(x: Tensor) -> tuple[Tensor, Tensor]:
+    """tanh(u) and u' for the tanh GELU's u = sqrt(2/pi) (x + 0.044715 x^3)."""
     x2 = x * x
     t = torch.tanh(x * (SQRT_2_OVER_PI + SQRT_2_OVER_PI * GELU_A * x2))
-    half = 0.5 + 0.5 * t
-    return x * half, half + x * (1 - t * t) * (0.5 * SQRT_2_OVER_PI + 1.5 * SQRT_2_OVER_PI * GELU_A * x2)
+    return t, SQRT_2_OVER_PI + 3 * SQRT_2_OVER_PI * GELU_A * x2
+
+
+class _GeluWithGrad(torch.autograd.Function):
+    """(gelu(x), gelu'(x)) of the tanh GELU, t = tanh u, with exact constants (the reference's truncated 0.79788456
+    costs ~1e-11 in float64):
+        gelu(x)   = 0.5 x (1 + t)
+        gelu'(x)  = 0.5 (1 + t) + 0.5 x (1 - t^2) u'
+        gelu''(x) = (1 - t^2) (u' - x t u'^2 + 3 sqrt(2/pi) 0.044715 x^2)      (for the outer backward)
+    A Function of its own so that backward keeps only x, not the ~8 intermediates of [b, 4f] autograd would keep."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        t, du = _tanh_u(x)
+        half = 0.5 + 0.5 * t
+        return x * half, half + 0.5 * x * (1 - t * t) * du
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_gelu: Tensor, grad_dgelu: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        t, du = _tanh_u(x)
+        sech2 = 1 - t * t
+        dgelu = 0.5 + 0.5 * t + 0.5 * x * sech2 * du
+        d2gelu = sech2 * (du - x * t * du * du + 3 * SQRT_2_OVER_PI * GELU_A * x * x)
+        return grad_gelu * dgelu + grad_dgelu * d2gelu
 
 
 def _ln_l2_grad(z: Tensor, target: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -135,7 +159,7 @@ def _mlp_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XKQ: Tensor
     XK = XKQ[:, : target.shape[1]]
     # keys at W_s and their loss gradients dl/dZ2, dl/dZ1 (queries ride along in the first product)
     Z1, Z1q = torch.baddbmm(b1, XKQ, W1).split(XK.shape[1], dim=1)
-    X2, dX2 = _gelu_with_grad(Z1)
+    X2, dX2 = _GeluWithGrad.apply(Z1)
     G2 = _ln_l2_grad(torch.baddbmm(b2, X2, W2), target, ln_w, ln_b)
     G1 = (G2 @ W2.mT) * dX2
     # queries through W_i without forming it: M = eta * (Xq X^T + 1) folds the weight and bias updates together;
@@ -323,7 +347,7 @@ def _partial_form(kind: str, XK: Tensor, XQ: Tensor, XV: Tensor, lr: Tensor, tok
     if kind == "linear":
         G1 = _ln_l2_grad(Z1, target, ln_w, ln_b)
         return XQ + _layer_norm(queries(1, XK, XQ, G1), ln_w, ln_b), accumulate(1, XK, G1)
-    X2, dX2 = _gelu_with_grad(Z1)
+    X2, dX2 = _GeluWithGrad.apply(Z1)
     G2 = _ln_l2_grad(X2 @ W["W2"] + W["b2"], target, ln_w, ln_b)
     G1 = (G2 @ W["W2"].mT) * dX2
     X2q = _gelu(queries(1, XK, XQ, G1))
