@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
                                 show_default=False),
         list_: bool = typer.Option(False, "--list", help="Show what can be fetched and its size."),
         subset: str = typer.Option(None, "--subset", help="deepdialogue: model folder(s), a glob "
-                                   "(dialogues_phi4-mini, 'dialogues_llama3-*'; default: all).", show_default=False),
+                                   "(dialogues_phi4-mini, 'dialogues_llama3-*', 'phi4-mini/cars_*'; default: all).",
+                                   show_default=False),
         dry_run: bool = typer.Option(False, "--dry-run", help="deepdialogue: list the files and sizes, fetch "
                                      "nothing."),
         workers: int = typer.Option(8, "--workers", "-j", help="deepdialogue: parallel downloads."),

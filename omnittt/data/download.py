@@ -260,7 +260,8 @@ class HubSummary:
 
 
 def subset_patterns(subset: str | None) -> str:
-    """`--subset` -> a glob over the folder names under data/ (`phi4-mini` means `dialogues_phi4-mini`)."""
+    """`--subset` -> a glob under data/: the folder name first (`phi4-mini` means `dialogues_phi4-mini`), then
+    optionally the files inside (`dialogues_phi4-mini/cars_*`, huggingface_hub's allow-pattern rules)."""
     glob = (subset or "*").strip().strip("/")
     glob = glob[len("data/"):] if glob.startswith("data/") else glob
     return glob if glob.startswith(("dialogues_", "*", "?", "[")) else f"dialogues_{glob}"
@@ -347,7 +348,7 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub import constants as hf_constants
     from huggingface_hub.hf_api import RepoFile, RepoFolder
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars, filter_repo_objects
 
     # HF_ENDPOINT read now, not at import (a mirror set after start-up still counts)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
@@ -361,7 +362,8 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
 
     top = tree("data")
     folders = sorted(item.path.split("/", 1)[1] for item in top if isinstance(item, RepoFolder))
-    chosen = [name for name in folders if fnmatch.fnmatchcase(name, glob)]
+    folder_glob, _, inside = glob.partition("/")
+    chosen = [name for name in folders if fnmatch.fnmatchcase(name, folder_glob)]
     if not chosen:
         raise UserError(f"--subset {subset!r} matches no folder of {repo_id} (folders: {', '.join(folders)})",
                         fix="use a folder name or a glob, e.g. --subset dialogues_phi4-mini or 'dialogues_llama3-*'")
@@ -371,6 +373,8 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
     for name in chosen:
         folder_files = [(item.path, item.size) for item in tree(f"data/{name}", recursive=True)
                         if isinstance(item, RepoFile)]
+        if inside:
+            folder_files = list(filter_repo_objects(folder_files, allow_patterns=f"data/{glob}", key=lambda f: f[0]))
         per_folder[name] = (len(folder_files), sum(size for _, size in folder_files))
         files.extend(folder_files)
     files = [f for f in files if "/" not in f[0]] + sorted(f for f in files if "/" in f[0])

@@ -141,6 +141,8 @@ def test_hub_subset_download_through_huggingface_hub(hub_files, tmp_path, monkey
         readme = len(hub_files["README.md"])
         assert dry.per_folder == {"dialogues_phi4-mini": (len(wanted) - 1, dry.bytes - readme)}
         assert not to.exists()
+        cars = download_deepdialogue(to, subset="phi4-mini/cars_*", endpoint=url, dry_run=True)  # allow pattern
+        assert cars.files == 1 + sum(1 for p in wanted if p.startswith("data/dialogues_phi4-mini/cars_5_4"))
         full = "data/dialogues_phi4-mini/cars_5_4/cars_5_4_full.wav"
         state.cut_after[full] = 1000  # a connection lost mid-file: huggingface_hub retries it
         summary = download_deepdialogue(to, subset="dialogues_phi4-*", endpoint=url, workers=2)
