@@ -143,6 +143,10 @@ def test_hub_subset_download_through_huggingface_hub(hub_files, tmp_path, monkey
         assert not to.exists()
         cars = download_deepdialogue(to, subset="phi4-mini/cars_*", endpoint=url, dry_run=True)  # allow pattern
         assert cars.files == 1 + sum(1 for p in wanted if p.startswith("data/dialogues_phi4-mini/cars_5_4"))
+        with monkeypatch.context() as patch:
+            patch.setattr(download.shutil, "disk_usage", lambda path: type("U", (), {"free": 1 << 20})())
+            with pytest.raises(UserError, match=f"{len(wanted)} files of {REPO} .* needs"):
+                download_deepdialogue(to, subset="phi4-mini", endpoint=url)
         full = "data/dialogues_phi4-mini/cars_5_4/cars_5_4_full.wav"
         state.cut_after[full] = 1000  # a connection lost mid-file: huggingface_hub retries it
         summary = download_deepdialogue(to, subset="dialogues_phi4-*", endpoint=url, workers=2)
