@@ -1,0 +1,551 @@
+"""A spoken conversation with a trained model whose TTT state persists across turns (`omnittt chat`).
+
+`ChatSession` holds the model, tokenizer, feature extractor and the conversation's `TTTCache`. A user turn (audio
+and/or text) is laid out exactly as one training exchange (`PromptBuilder.generation_prompt`, BOS + system prompt
+only on the first exchange), the reply is generated with the model's `generate()` continuing the cache, and then
+the reply's final `<eot>` goes through the model and `cache.end_turn()` commits the pending partial mini-batch
+exactly as the alignment padding of a training sample does. So after every exchange the TTT state and the
+attention KV are the ones training produced for the same exchange (nothing is ever zero-padded into the state).
+A reply cut by `max_new_tokens` or by `interrupt()` is closed the same way (its last token, then `<eot>`), so
+the conversation stays in the training format.
+
+`save(file)` / `load(file)` write and read the conversation state (TTT state, KV, counters, transcript) as
+safetensors with a small JSON header: no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from omnittt.atomic import atomic_write
+from omnittt.config import Settings
+from omnittt.core.constants import SYSTEM_PROMPT
+from omnittt.core.features import build_feature_extractor, log_mel
+from omnittt.core.prompt import Exchange, PromptBuilder
+from omnittt.core.speech import SAMPLE_RATE, split_segments
+from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
+from omnittt.errors import UserError
+
+STATE_FORMAT = "omnittt-chat-state"
+STATE_VERSION = 1
+HEADER_KEY = "omnittt_chat"  # safetensors metadata key holding the JSON header
+GENERATION_CONFIG_FILE = "generation_config.json"
+FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+# config keys a saved state depends on: a state only loads into a model that agrees on all of them
+_STATE_CONFIG_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                      "ttt_layers", "ttt_type", "ttt_mode", "ttt_mini_batch_size", "attention_window", "vocab_size")
+
+
+# -- settings ---------------------------------------------------------------------------------------------------
+@dataclass
+class GenerationSettings(Settings):
+    """Sampling settings of a reply. `temperature` 0 is greedy decoding."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int | None = None  # seeds sampling once per session (a script then replays exactly)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UserError(f"temperature must be >= 0 (got {self.temperature})", fix="use 0 for greedy decoding")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1] (got {self.top_p})", fix="use e.g. --top-p 0.9")
+        if self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})", fix="use e.g. 256")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        if self.temperature == 0:
+            return {"do_sample": False, "max_new_tokens": self.max_new_tokens, "temperature": None, "top_p": None,
+                    "top_k": None}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": None,
+                "max_new_tokens": self.max_new_tokens}
+
+
+def generation_defaults(model_dir: str | os.PathLike) -> GenerationSettings:
+    """The generation settings saved with the model (`generation_config.json` beside the weights, the Hugging
+    Face convention: `model.generation_config` is written by every checkpoint and export); values it does not set
+    explicitly keep `GenerationSettings`' defaults."""
+    from transformers import GenerationConfig
+
+    path = Path(model_dir)
+    settings = GenerationSettings()
+    if not (path / GENERATION_CONFIG_FILE).is_file():
+        return settings
+    try:
+        saved = GenerationConfig.from_pretrained(str(path), local_files_only=True).to_diff_dict()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path / GENERATION_CONFIG_FILE}: cannot read it ({exc.__class__.__name__})",
+                        fix="fix or delete the file (chat then uses its own defaults)") from None
+    values = {key: saved[key] for key in ("temperature", "top_p", "max_new_tokens") if saved.get(key) is not None}
+    if saved.get("do_sample") is False and "temperature" not in values:
+        values["temperature"] = 0.0
+    return GenerationSettings.from_dict(values, source=str(path / GENERATION_CONFIG_FILE))
+
+
+# -- results ----------------------------------------------------------------------------------------------------
+@dataclass
+class ChatReply:
+    """One exchange as chat ran it."""
+
+    user: str  # what the user turn held, for the transcript ("audio a.wav (2.1 s)", the typed text, or both)
+    text: str  # the reply, without its final <eot>
+    token_ids: list[int]
+    stop_reason: str  # "eot" | "max_new_tokens" | "interrupted"
+    prompt_positions: int  # LLM positions of the user turn (speech positions included)
+    positions: int  # real positions of the conversation after this exchange
+    seconds: float  # prompt + reply + closing the exchange
+    first_token_seconds: float | None
+
+
+class _Streamer(BaseStreamer):
+    """Receives generate()'s tokens (the first `put` is the prompt, skipped) and reports text deltas; a piece
+    ending in an incomplete UTF-8 sequence is held back until the next token completes it."""
+
+    def __init__(self, tokenizer: Any, eot: int, on_text: Callable[[str], None] | None) -> None:
+        self.tokenizer = tokenizer
+        self.eot = eot
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.prompt_done = False
+        self.first_token_time: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_done:
+            self.prompt_done = True
+            return
+        if self.first_token_time is None:
+            self.first_token_time = time.perf_counter()
+        self.tokens.extend(int(t) for t in value.reshape(-1).tolist() if int(t) != self.eot)
+        if self.on_text is None:
+            return
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        if len(text) > self.shown:
+            self.on_text(text[self.shown:])
+            self.shown = len(text)
+
+    def end(self) -> None:
+        pass
+
+
+class _Interrupted(StoppingCriteria):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# -- the session ------------------------------------------------------------------------------------------------
+class ChatSession:
+    """One conversation (batch of one) with persistent TTT state. Build it with `open_chat(...)` or directly
+    from a model, its tokenizer and feature extractor."""
+
+    def __init__(self, model: Any, tokenizer: Any, feature_extractor: Any = None,
+                 generation: GenerationSettings | None = None, system_prompt: str = SYSTEM_PROMPT,
+                 source: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.feature_extractor = feature_extractor or build_feature_extractor(
+            model.config.speech_config.num_mel_bins)
+        self.generation = generation or GenerationSettings()
+        self.builder = PromptBuilder(tokenizer, system_prompt)
+        self.source = source
+        self.device = next(model.parameters()).device
+        self.cache: TTTCache = model.new_cache()
+        self.history: list[dict[str, Any]] = []  # per exchange: user, reply, stop_reason, positions
+        self._interrupt = threading.Event()
+        self._broken: str | None = None
+        if self.generation.seed is not None:
+            torch.manual_seed(self.generation.seed)
+
+    # -- conversation ------------------------------------------------------------------------------------------
+    @property
+    def turns(self) -> int:
+        """Exchanges in the state so far (0: the next user turn carries BOS + system prompt)."""
+        return len(self.history)
+
+    @property
+    def positions(self) -> int:
+        """Real positions of the conversation so far (what attention counts; the TTT stream position adds the
+        end-of-exchange alignment)."""
+        real = self.cache.real_tokens
+        return 0 if real is None else int(real[0])
+
+    def interrupt(self) -> None:
+        """Stop the reply being generated after its current token (safe from a signal handler or another
+        thread); the exchange is then closed as usual."""
+        self._interrupt.set()
+
+    def reset(self) -> None:
+        """A new conversation: TTT state back to the learned init, KV and counters emptied."""
+        self.cache.reset()
+        self.history = []
+        self._broken = None
+
+    @torch.no_grad()
+    def user_turn(self, audio: str | os.PathLike | np.ndarray | torch.Tensor | None = None, text: str = "",
+                  sample_rate: int = SAMPLE_RATE, on_text: Callable[[str], None] | None = None,
+                  label: str | None = None, **generate_overrides: Any) -> ChatReply:
+        """Run one exchange: the user turn (`audio`: a file path of any format soundfile reads, any rate and
+        channels, or a waveform at `sample_rate`, `[n]` or `[n, channels]`; and/or `text`), the reply streamed to
+        `on_text` piece by piece, then the closing `<eot>` through the model and `end_turn()`. `label` names the
+        audio in the transcript (default: the file name). `generate_overrides` go to `generate()` as they are."""
+        if self._broken:
+            raise UserError(f"the conversation state is unusable: {self._broken}", fix="/reset or /load a saved state")
+        wave, described = self._speech(audio, sample_rate, label)
+        text = (text or "").strip()
+        if not len(wave) and not text:
+            raise UserError("a user turn needs audio or text", fix="type a message or give an audio file")
+        lengths = split_segments(len(wave)) if len(wave) else []
+        chunks = list(np.split(wave, np.cumsum(lengths)[:-1])) if lengths else []
+        prompt = self.builder.generation_prompt(Exchange(len(chunks), text), first=self.turns == 0)
+        features = feature_lengths = None
+        if chunks:
+            features, feature_lengths = log_mel(chunks, self.feature_extractor)
+            features, feature_lengths = features.to(self.device), feature_lengths.to(self.device)
+        ids = torch.tensor([prompt], dtype=torch.long, device=self.device)
+        eot = self.builder.tokens.eot
+        streamer = _Streamer(self.tokenizer, eot, on_text)
+        kwargs = {**self.generation.generate_kwargs(), **generate_overrides}
+        self._interrupt.clear()
+        start = time.perf_counter()
+        before = self.positions
+        try:
+            new = self.model.generate(
+                ids, input_features=features, feature_lengths=feature_lengths, past_key_values=self.cache,
+                streamer=streamer, stopping_criteria=StoppingCriteriaList([_Interrupted(self._interrupt)]),
+                eos_token_id=eot, pad_token_id=self.builder.tokens.pad, **kwargs,
+            )[0].tolist()
+            prompt_positions = self.positions - before - max(len(new) - 1, 0)
+            # generate() never feeds its last token: feed it (unless it is the <eot> itself), then the <eot>
+            # that closes the exchange, then commit the partial mini-batch as a training sample's padding does.
+            if new and new[-1] == eot:
+                reply, closing, reason = new[:-1], [eot], "eot"
+            else:
+                reply, closing = new, [*new[-1:], eot]
+                reason = "interrupted" if self._interrupt.is_set() else "max_new_tokens"
+            self.model(input_ids=torch.tensor([closing], device=self.device), past_key_values=self.cache,
+                       use_cache=True, logits_to_keep=1)
+            self.cache.end_turn()
+        except BaseException as exc:
+            # a failure inside the model leaves some layers updated and others not: refuse to go on silently
+            self._broken = f"turn {self.turns + 1} failed inside the model ({exc.__class__.__name__})"
+            raise
+        finally:
+            self._interrupt.clear()
+        seconds = time.perf_counter() - start
+        first = streamer.first_token_time - start if streamer.first_token_time is not None else None
+        user = " + ".join(part for part in (described, text) if part)
+        result = ChatReply(user=user, text=self.tokenizer.decode(reply, skip_special_tokens=True).strip(),
+                           token_ids=reply, stop_reason=reason, prompt_positions=prompt_positions,
+                           positions=self.positions, seconds=seconds, first_token_seconds=first)
+        self.history.append({"user": user, "reply": result.text, "stop_reason": reason,
+                             "positions": result.positions})
+        return result
+
+    def _speech(self, audio: Any, sample_rate: int, label: str | None) -> tuple[np.ndarray, str]:
+        """(16 kHz mono float32 waveform, its description for the transcript)."""
+        from omnittt.data.audio import AudioError, load_audio, prepare_waveform
+
+        if audio is None:
+            return np.zeros(0, dtype=np.float32), ""
+        if isinstance(audio, (str, os.PathLike)):
+            try:
+                loaded = load_audio(audio)
+            except AudioError as exc:
+                raise UserError(f"{exc.path}: {exc.reason.replace('_', ' ')}"
+                                + (f" ({exc.detail})" if exc.detail else ""),
+                                fix="give a readable wav/flac/ogg/mp3 file") from None
+            name = label or Path(audio).name
+            return loaded.samples, f"audio {name} ({loaded.duration:.1f} s)"
+        data = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        try:
+            wave, _ = prepare_waveform(data, int(sample_rate))
+        except ValueError as exc:
+            raise UserError(f"{label or 'audio'}: {exc}", fix="record or load the audio again") from None
+        if len(wave) == 0:
+            raise UserError(f"{label or 'audio'}: no samples", fix="record for longer")
+        return wave, f"{label or 'audio'} ({len(wave) / SAMPLE_RATE:.1f} s)"
+
+    # -- inspection ----------------------------------------------------------------------------------------------
+    def state_summary(self) -> dict[str, Any]:
+        """Per layer: TTT state norms (the learned init before the first turn), dtype, stream position and pending
+        tokens; attention KV positions held and bytes. Plus the conversation counters."""
+        layers = []
+        ttt = {m.layer_idx: m for m in self.model.language_model.model.ttt_modules()}
+        state_bytes = kv_bytes = 0
+        for idx, layer in enumerate(self.cache.layers):
+            entry: dict[str, Any] = {"layer": idx}
+            kv = layer.kv if isinstance(layer, TTTCacheLayer) else layer
+            if isinstance(layer, TTTCacheLayer):
+                module = ttt[idx]
+                initial = layer.state is None
+                tensors = ({k: getattr(module, k) for k in module.state_keys} if initial
+                           else {k: v[0] for k, v in layer.state.items()})
+                entry.update(kind=f"ttt-{self.model.config.text_config.ttt_type}", initial=initial,
+                             norms={k: float(v.detach().float().norm()) for k, v in tensors.items()},
+                             dtype=str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+                             stream_position=int(layer.stream_position[0]) if layer.stream_position is not None
+                             else 0,
+                             pending=layer.offset)
+                if not initial:
+                    state_bytes += sum(t.numel() * t.element_size() for t in layer.state.values())
+            else:
+                entry["kind"] = "sliding-attention" if kv.is_sliding else "attention"
+            if kv is not None:
+                held = 0 if not kv.is_initialized or kv.keys is None or kv.keys.numel() == 0 else kv.keys.shape[-2]
+                entry["kv_positions"] = held
+                if held:
+                    kv_bytes += sum(t.numel() * t.element_size() for t in (kv.keys, kv.values))
+                    entry["kv_dtype"] = str(kv.keys.dtype).removeprefix("torch.")
+            layers.append(entry)
+        history = self.cache.attention_mask_history
+        return {
+            "turns": self.turns,
+            "positions": self.positions,
+            "positions_fed": int(self.cache.seen_positions),
+            "attention_window": self.model.config.text_config.attention_window,
+            "ttt_state_bytes": state_bytes,
+            "kv_bytes": kv_bytes,
+            "mask_history_bytes": 0 if history is None else history.numel() * history.element_size(),
+            "layers": layers,
+        }
+
+    # -- save / load ---------------------------------------------------------------------------------------------
+    def model_fingerprint(self) -> dict[str, Any]:
+        text = self.model.config.text_config
+        from omnittt.core.tokenizer import tokenizer_fingerprint
+
+        return {**{key: getattr(text, key, None) for key in _STATE_CONFIG_KEYS},
+                "tokenizer": tokenizer_fingerprint(self.tokenizer)[:16],
+                "weights": _weights_fingerprint(self.model)}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the conversation state (between turns) to `path` as safetensors, atomically."""
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {}
+        layers: dict[str, Any] = {}
+        for idx, layer in enumerate(self.cache.layers):
+            info: dict[str, Any] = {}
+            if isinstance(layer, TTTCacheLayer):
+                info["offset"] = layer.offset
+                for group in ("state", "grads"):
+                    for key, value in (getattr(layer, group) or {}).items():
+                        tensors[f"layers.{idx}.{group}.{key}"] = value
+                for name in ("pending_eta", "stream_position"):
+                    if getattr(layer, name) is not None:
+                        tensors[f"layers.{idx}.{name}"] = getattr(layer, name)
+                if layer.reset_rows is not None:
+                    raise UserError("cannot save a cache with rows reset individually", fix="save between turns")
+                kv = layer.kv
+            else:
+                kv = layer
+            if kv is not None and kv.is_initialized and kv.keys is not None:
+                tensors[f"layers.{idx}.keys"] = kv.keys
+                tensors[f"layers.{idx}.values"] = kv.values
+                info["cumulative_length"] = getattr(kv, "cumulative_length", None)
+            layers[str(idx)] = info
+        for name in ("real_tokens", "attention_mask_history"):
+            value = getattr(self.cache, name)
+            if value is not None:
+                tensors[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
+        header = {
+            "format": STATE_FORMAT, "version": STATE_VERSION, "model": self.model_fingerprint(),
+            "seen_positions": int(self.cache.seen_positions), "layers": layers, "history": self.history,
+            "mask_history_bool": self.cache.attention_mask_history is not None,
+        }
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        path = Path(path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header)}))
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Replace the conversation with the one saved in `path` (refused if it was saved with another model)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file", fix="give a file written by /save")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a safetensors file ({exc.__class__.__name__})",
+                            fix="give a file written by /save") from None
+        try:
+            header = json.loads(metadata[HEADER_KEY])
+        except (KeyError, json.JSONDecodeError):
+            raise UserError(f"{path}: no chat-state header", fix="give a file written by /save") from None
+        if header.get("format") != STATE_FORMAT or header.get("version") != STATE_VERSION:
+            raise UserError(f"{path}: chat state format {header.get('format')} v{header.get('version')}, "
+                            f"this omnittt reads {STATE_FORMAT} v{STATE_VERSION}",
+                            fix="save it again with this omnittt")
+        mine = self.model_fingerprint()
+        differ = [f"{k} {header['model'].get(k)!r} vs {v!r}" for k, v in mine.items() if header["model"].get(k) != v]
+        if differ:
+            raise UserError(f"{path}: saved with another model ({'; '.join(differ[:3])})",
+                            fix="load it into the model (and --attention-window) it was saved with")
+        cache = self.model.new_cache()
+        device = self.device
+        for idx, layer in enumerate(cache.layers):
+            info = header["layers"][str(idx)]
+
+            def get(name: str, idx: int = idx) -> torch.Tensor | None:
+                value = tensors.get(f"layers.{idx}.{name}")
+                return None if value is None else value.to(device)
+
+            if isinstance(layer, TTTCacheLayer):
+                for group in ("state", "grads"):
+                    found = {k.rsplit(".", 1)[-1]: v.to(device) for k, v in tensors.items()
+                             if k.startswith(f"layers.{idx}.{group}.")}
+                    setattr(layer, group, found or None)
+                layer.pending_eta = get("pending_eta")
+                layer.stream_position = get("stream_position")
+                layer.offset = int(info["offset"])
+                layer.has_previous_state[0] = layer.state is not None
+                kv = layer.kv
+            else:
+                kv = layer
+            keys, values = get("keys"), get("values")
+            if kv is not None and keys is not None:
+                kv.lazy_initialization(keys, values)
+                kv.keys, kv.values = keys, values
+                if info.get("cumulative_length") is not None:
+                    kv.cumulative_length = int(info["cumulative_length"])
+        real = tensors.get("real_tokens")
+        cache.real_tokens = None if real is None else real.to(device)
+        history = tensors.get("attention_mask_history")
+        cache.attention_mask_history = None if history is None else history.to(device=device, dtype=torch.bool)
+        cache.seen_positions = int(header["seen_positions"])
+        self.cache = cache
+        self.history = list(header.get("history", []))
+        self._broken = None
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity of the weights (a state saved with other weights would continue nonsense): sha256 over
+    a few values of every parameter."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        picks = flat[:: max(1, flat.numel() // 8)][:8].float().cpu().numpy()
+        digest.update(name.encode())
+        digest.update(picks.tobytes())
+    return digest.hexdigest()[:16]
+
+
+# -- opening a run or a model directory ------------------------------------------------------------------------
+@dataclass
+class ChatSource:
+    """Where the model came from, for the banner."""
+
+    path: str
+    run: str | None = None
+    step: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def set_attention_window(model: Any, window: int | None) -> None:
+    """Make the model's attention layers sliding-window over the last `window` positions (None: full attention).
+    The weights do not depend on it: only the layer kinds, the masks and the cache layers a new cache gets."""
+    from omnittt.core.ttt_llama import MASK_KIND, prepare_ttt_config
+
+    text = model.config.text_config
+    if window is not None and int(window) < 2:
+        raise UserError(f"--attention-window must be at least 2 positions (got {window})", fix="use e.g. 4096")
+    text.attention_window = None if window is None else int(window)
+    prepare_ttt_config(text)
+    model.language_model.model.mask_kinds = [MASK_KIND[kind] for kind in text.layer_types]
+
+
+def open_chat(run: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None, *,
+              attention_window: int | None = None, device: str | None = None, dtype: str | None = None,
+              speech_encoder: str | os.PathLike | None = None, generation: dict[str, Any] | None = None,
+              system_prompt: str = SYSTEM_PROMPT) -> tuple[ChatSession, ChatSource]:
+    """A `ChatSession` on a run directory's latest checkpoint (or a checkpoint folder inside it) or on a model
+    directory (an export, a checkpoint, or a released LLaMA-Omni layout with `speech_encoder`). `generation`
+    overrides (None values ignored) apply on top of the settings saved with the model."""
+    from omnittt.core.loading import load_model
+    from omnittt.core.tokenizer import load_tokenizer
+    from omnittt.train.checkpoint import read_trainer_state
+    from omnittt.train.run_dir import TRAINER_STATE_FILE, find_run_dir, resolve_checkpoint
+
+    if (run is None) == (model_dir is None):
+        raise UserError("give exactly one of --run RUN and --model DIR", fix="e.g. omnittt chat --run runs/tiny")
+    if run is not None:
+        path = resolve_checkpoint(run)
+        source = ChatSource(path=str(path), run=str(find_run_dir(path).path),
+                            step=read_trainer_state(path).get("step"))
+    else:
+        path = Path(model_dir)
+        if not path.is_dir():
+            raise UserError(f"{path}: no such model directory", fix="pass an `omnittt export` folder or a checkpoint")
+        source = ChatSource(path=str(path))
+        if (path / TRAINER_STATE_FILE).is_file():
+            source.step = read_trainer_state(path).get("step")
+    if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
+        raise UserError(f"{path}: no tokenizer beside the weights",
+                        fix="use a checkpoint written by omnittt train or an omnittt export folder")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from transformers.utils import logging as hf_logging
+
+    # one banner line, not a weight-loading bar and a tokenizer warning about the `omnittt` model type
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = load_model(path, speech_encoder=speech_encoder, dtype=dtype, device=device).model
+        tokenizer = load_tokenizer(path)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if run is not None:
+        _check_run_settings(find_run_dir(path), model, tokenizer)
+    if attention_window is not None:
+        set_attention_window(model, attention_window)
+    feature_extractor = _feature_extractor(path, model)
+    settings = generation_defaults(path).with_overrides(generation or {})
+    session = ChatSession(model, tokenizer, feature_extractor, settings, system_prompt, source=source.path)
+    return session, source
+
+
+def _feature_extractor(path: Path, model: Any) -> Any:
+    n_mels = int(model.config.speech_config.num_mel_bins)
+    if (path / FEATURE_EXTRACTOR_FILE).is_file():
+        from transformers import WhisperFeatureExtractor
+
+        extractor = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
+        if int(extractor.feature_size) != n_mels:
+            raise UserError(f"{path / FEATURE_EXTRACTOR_FILE}: {extractor.feature_size} mel bins, the speech encoder "
+                            f"takes {n_mels}", fix="use the feature-extractor config the model was trained with")
+        return extractor
+    return build_feature_extractor(n_mels)
+
+
+def _check_run_settings(run: Any, model: Any, tokenizer: Any) -> None:
+    """The run recorded the dataset settings it was trained on: refuse a model/tokenizer that disagrees."""
+    from omnittt.train.setup import check_dataset_matches_model
+
+    dataset = (run.read_config() or {}).get("dataset") or {}
+    if dataset:
+        check_dataset_matches_model(dataset, model, tokenizer, f"{run.path} (its training data)")
+
