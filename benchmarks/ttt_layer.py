@@ -139,6 +139,7 @@ def worker(task: str, kind: str, n: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", default="ttt-mlp,ttt-linear,attention")
+    parser.add_argument("--tasks", default="fwd,fwdbwd,decode,stats")
     parser.add_argument("--lengths", default="1024,4096,16384")
     parser.add_argument("--contexts", default="1024,8192,65536")
     parser.add_argument("--stats-length", type=int, default=4096)
@@ -159,10 +160,13 @@ def main() -> None:
 
     import torch
 
-    layers = args.layers.split(",")
-    configs = [(task, kind, int(n)) for task in ("fwd", "fwdbwd") for kind in layers for n in args.lengths.split(",")]
-    configs += [("decode", kind, int(n)) for kind in layers if kind != "ttt-linear" for n in args.contexts.split(",")]
-    if "ttt-mlp" in layers:
+    layers, tasks = args.layers.split(","), args.tasks.split(",")
+    configs = [(task, kind, int(n)) for task in ("fwd", "fwdbwd") if task in tasks for kind in layers
+               for n in args.lengths.split(",")]
+    if "decode" in tasks:
+        configs += [("decode", kind, int(n)) for kind in layers if kind != "ttt-linear"
+                    for n in args.contexts.split(",")]
+    if "stats" in tasks and "ttt-mlp" in layers:
         configs.append(("stats", "ttt-mlp", args.stats_length))
     passthrough = ["--width", str(args.width), "--heads", str(args.heads), "--mini-batch", str(args.mini_batch),
                    "--repeats", str(args.repeats), "--decode-steps", str(args.decode_steps),
@@ -194,7 +198,8 @@ def print_markdown(report: dict) -> None:
         if task == "fwd":
             fb = by.get(("fwdbwd", kind, n))
             print(f"| {kind} | {n} | {n / r['seconds']:.0f} | {n / fb['seconds']:.0f} | {r['peak_rss_mib']:.0f} "
-                  f"| {fb['peak_rss_mib']:.0f} |" if fb else f"| {kind} | {n} | {n / r['seconds']:.0f} | - | - | - |")
+                  f"| {fb['peak_rss_mib']:.0f} |" if fb else
+                  f"| {kind} | {n} | {n / r['seconds']:.0f} | - | {r['peak_rss_mib']:.0f} | - |")
     print("\n| layer | context | decode ms / token | vs shortest context | cache MiB |")
     print("|---|---|---|---|---|")
     first: dict = {}

@@ -301,14 +301,15 @@ class TTTBase(nn.Module):
                 else:
                     last = (start, None, s)
                 pending_eta = eta_last
-            if n_full:
-                s = slice(n_head, n_head + n_full * b)
-                start = state
-                final, z = self._dual(XK, XQ, XV, lr, eta_eff, s, norm, state, n_full)
-                state = {k: final[f"{k}_states"] for k in self.state_keys}
-                outputs.append(z)
-                pending_eta = None
-                last = (start, state, slice(s.stop - b, s.stop), n_full)
+            # full mini-batches in the dual form; the last one in its own call, so that its start state (for the
+            # statistics) comes for free and outputs do not depend on whether statistics are collected
+            for first, count in ((n_head, n_full - 1), (n_head + (n_full - 1) * b, 1)) if n_full else ():
+                if count:
+                    start, s = state, slice(first, first + count * b)
+                    final, z = self._dual(XK, XQ, XV, lr, eta_eff, s, norm, state, count)
+                    state = {k: final[f"{k}_states"] for k in self.state_keys}
+                    outputs.append(z)
+                    pending_eta, last = None, (start, state, s)
             if n_tail:
                 s = slice(T - n_tail, T)
                 z, grads = self._partial(XK, XQ, XV, lr, eta_eff, s, norm, state, None)
@@ -358,14 +359,7 @@ class TTTBase(nn.Module):
     @torch.no_grad()
     def _statistics(self, last, state, grads, pending_eta, XK, XV, lr, eta_eff, norm, stream_position) -> dict:
         """Detached statistics of the call's last mini-batch (the stats contract in CONTRACTS.md)."""
-        start, after, s = last[0], last[1], last[2]
-        if len(last) == 4:  # a full mini-batch at the end of the dual form: recompute its start state
-            n_mb = last[3]
-            if n_mb > 1:
-                head = slice(s.start - (n_mb - 1) * self.mini_batch_size, s.start)
-                # queries do not affect the state: the keys stand in for them
-                final, _ = self._dual(XK, XK, XV, lr, eta_eff, head, norm, start, n_mb - 1)
-                start = {k: final[f"{k}_states"] for k in self.state_keys}
+        start, after, s = last
         if after is None:  # unfinished mini-batch: the state padding would commit now
             after = ttt_commit(state, grads, pending_eta)
         lr_s = lr[:, :, s]
