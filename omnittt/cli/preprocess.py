@@ -132,7 +132,8 @@ def _print_plan(plan: Any) -> None:
     grid.add_row("output", f"{plan.output} (--format {o.format})")
     grid.add_row("tokenizer", f"{s['tokenizer_name']}  vocab {s['vocab_size']}  fingerprint "
                  f"{s['tokenizer_fingerprint'][:12]}  pad id {s['pad_token_id']}")
-    grid.add_row("settings", f"task {s['task']}  user speaker {s['user_speaker'] or '(first speaker)'}  "
+    who = "every turn is speech" if s["task"] == "asr" else f"user speaker {s['user_speaker'] or '(first speaker)'}"
+    grid.add_row("settings", f"task {s['task']}  {who}  "
                  f"mini-batch {s['mini_batch_size']}  speech positions {s['speech_positions']}  "
                  f"{'split at holes' if s['split_at_holes'] else 'truncate at holes'}  workers {o.workers}")
     if plan.estimate_bytes is not None:
