@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -31,14 +32,16 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median CPU seconds (all threads of this process) per call, after one warm-up."""
+    fn()
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def worker(kind: str, b: int, L: int, mode: str, group: int, repeats: int, nh: int, f: int) -> dict:
@@ -70,8 +73,10 @@ def worker(kind: str, b: int, L: int, mode: str, group: int, repeats: int, nh: i
         final, z = op(*inputs[:4], *inputs[4:6], *inputs[6:], checkpoint_group_size=group)
         (z.square().mean() + sum(p.square().mean() for p in final.values())).backward()
 
-    seconds = timed(forward if mode == "fwd" else forward_backward, repeats)
-    return {"seconds": seconds, "base_rss_mib": base_rss, "peak_rss_mib": rss_mib(), "threads": torch.get_num_threads()}
+    load = os.getloadavg()[0]
+    seconds, cpu_seconds = timed(forward if mode == "fwd" else forward_backward, repeats)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "base_rss_mib": base_rss, "peak_rss_mib": rss_mib(),
+            "threads": torch.get_num_threads(), "load_before": load, "load_after": os.getloadavg()[0]}
 
 
 def matmul_rates(repeats: int) -> dict:
@@ -87,8 +92,8 @@ def matmul_rates(repeats: int) -> dict:
         else:
             A, B = torch.randn(batch, n, n), torch.randn(batch, n, n)
             flops = 2 * batch * n**3
-        reps = max(3, int(0.3 / max(timed(lambda A=A, B=B: torch.bmm(A, B), 1), 1e-6)))
-        rates[name] = flops / timed(lambda A=A, B=B: torch.bmm(A, B), min(reps, 200) * repeats) / 1e9
+        reps = max(3, int(0.3 / max(timed(lambda A=A, B=B: torch.bmm(A, B), 1)[0], 1e-6)))
+        rates[name] = flops / timed(lambda A=A, B=B: torch.bmm(A, B), min(reps, 200) * repeats)[0] / 1e9
     return rates
 
 
@@ -133,14 +138,16 @@ def main() -> None:
         result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         rows.append({"kind": kind, "b": b, "L": L, "mode": mode, "checkpoint_group_size": group, **result,
                      "tokens_per_s": L / result["seconds"],
-                     "gflops": op_flops_per_token(kind, nh, f, b) * L / result["seconds"] / 1e9})
+                     "gflops": op_flops_per_token(kind, nh, f, b) * L / result["seconds"] / 1e9,
+                     "gflops_per_cpu_s": op_flops_per_token(kind, nh, f, b) * L / result["cpu_seconds"] / 1e9})
         r = rows[-1]
-        print(f"{kind:6s} b={b:<3d} L={L:<6d} {mode:6s} g={group} {r['seconds']:8.3f} s {r['tokens_per_s']:9.0f} tok/s "
-              f"{r['gflops']:6.1f} GFLOP/s  peak {r['peak_rss_mib']:6.0f} MiB (base {r['base_rss_mib']:.0f})",
-              flush=True)
+        print(f"{kind:6s} b={b:<3d} L={L:<6d} {mode:6s} g={group} {r['seconds']:8.3f} s (cpu {r['cpu_seconds']:.3f} s) "
+              f"{r['tokens_per_s']:9.0f} tok/s {r['gflops']:6.1f} GFLOP/s  peak {r['peak_rss_mib']:6.0f} MiB "
+              f"(base {r['base_rss_mib']:.0f}) load {r['load_before']:.1f}", flush=True)
     rates_after = matmul_rates(1)
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+              "machine": platform.processor() or platform.machine(),
               "matmul_gflops_before": rates, "matmul_gflops_after": rates_after, "rows": rows,
               "wall_s": time.time() - started}
     print_markdown(report, lengths)
@@ -150,25 +157,29 @@ def main() -> None:
 
 
 def print_markdown(report: dict, lengths: list[int]) -> None:
-    print(f"\n{report['date']}, torch {report['torch']}, {report['threads']} threads, "
+    print(f"\n{report['date']}, torch {report['torch']}, {report['threads']} threads on {report['cores']} cores, "
           f"run took {report['wall_s']:.0f} s")
     print("fp32 matmul GFLOP/s (before / after the op runs): " + ", ".join(
         f"{k}: {report['matmul_gflops_before'][k]:.0f} / {report['matmul_gflops_after'][k]:.0f}"
         for k in report["matmul_gflops_before"]))
-    print("\n| op | b | L | mode | ckpt group | s / call | tokens/s | op GFLOP/s | peak RSS MiB (before op) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| op | b | L | mode | ckpt group | s / call | CPU s / call | tokens/s | op GFLOP/s (per CPU s) "
+          "| peak RSS MiB (before op) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rows"]:
-        gflops = f"{r['gflops']:.1f}" if r["mode"] == "fwd" else "-"
-        print(f"| TTT-{r['kind'].upper() if r['kind'] == 'mlp' else 'Linear'} | {r['b']} | {r['L']} | {r['mode']} "
-              f"| {r['checkpoint_group_size'] or 'off'} | {r['seconds']:.3f} | {r['tokens_per_s']:.0f} | {gflops} "
-              f"| {r['peak_rss_mib']:.0f} ({r['base_rss_mib']:.0f}) |")
+        gflops = f"{r['gflops']:.1f} ({r['gflops_per_cpu_s']:.1f})" if r["mode"] == "fwd" else "-"
+        print(f"| TTT-{'MLP' if r['kind'] == 'mlp' else 'Linear'} | {r['b']} | {r['L']} | {r['mode']} "
+              f"| {r['checkpoint_group_size'] or 'off'} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} "
+              f"| {r['tokens_per_s']:.0f} | {gflops} | {r['peak_rss_mib']:.0f} ({r['base_rss_mib']:.0f}) "
+              f"| {r['load_before']:.1f} |")
     short, long = min(lengths), max(lengths)
     by = {(r["kind"], r["b"], r["L"], r["mode"], r["checkpoint_group_size"]): r for r in report["rows"]}
-    print("\nfwd+bwd cost per token, longest / shortest length:")
+    print("\nfwd+bwd cost per token, longest / shortest length (wall; CPU time):")
     for (kind, b, L, mode, group), r in by.items():
         if mode == "fwdbwd" and L == long and group == 0 and (kind, b, short, mode, 0) in by:
-            ratio = (r["seconds"] / long) / (by[kind, b, short, mode, 0]["seconds"] / short)
-            print(f"  {kind} b={b}: {ratio:.2f}x")
+            s = by[kind, b, short, mode, 0]
+            ratio = (r["seconds"] / long) / (s["seconds"] / short)
+            cpu_ratio = (r["cpu_seconds"] / long) / (s["cpu_seconds"] / short)
+            print(f"  {kind} b={b}: {ratio:.2f}x; {cpu_ratio:.2f}x")
 
 
 if __name__ == "__main__":
