@@ -267,8 +267,9 @@ def subset_patterns(subset: str | None) -> str:
     return glob if glob.startswith(("dialogues_", "*", "?", "[")) else f"dialogues_{glob}"
 
 
-def _hub_error(exc: BaseException, endpoint: str) -> UserError | None:
-    """The one-line error for an unreachable / refusing Hub, or None for anything else."""
+def _hub_error(exc: BaseException, endpoint: str, what: str = "") -> UserError | None:
+    """The one-line error for an unreachable / refusing Hub (`what`: the file concerned), or None for anything
+    else. huggingface_hub wraps a failed file lookup in LocalEntryNotFoundError; its cause says why."""
     import importlib
 
     from huggingface_hub.errors import (
@@ -279,6 +280,9 @@ def _hub_error(exc: BaseException, endpoint: str) -> UserError | None:
         RepositoryNotFoundError,
     )
 
+    if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    where = f" ({what})" if what else ""
     if isinstance(exc, OfflineModeIsEnabled):
         return UserError(f"cannot reach {endpoint}: offline mode is on (HF_HUB_OFFLINE=1)",
                          fix="unset HF_HUB_OFFLINE on a machine with internet access, then rerun: it resumes")
@@ -290,13 +294,15 @@ def _hub_error(exc: BaseException, endpoint: str) -> UserError | None:
         except (ImportError, AttributeError):
             pass
     if isinstance(exc, transport):
-        return UserError(f"cannot reach {endpoint} ({exc.__class__.__name__}): offline?",
+        return UserError(f"cannot reach {endpoint} ({exc.__class__.__name__}){where}: offline?",
                          fix="check the network (or set HF_ENDPOINT to a mirror), then rerun: finished files are kept")
     if isinstance(exc, (GatedRepoError, RepositoryNotFoundError)):
         return UserError(f"{DEEPDIALOGUE_REPO} on {endpoint}: {str(exc).splitlines()[0]}",
                          fix="log in with `hf auth login` if the dataset needs it, or check HF_ENDPOINT")
     if isinstance(exc, HfHubHTTPError):
-        return UserError(f"{endpoint}: {str(exc).splitlines()[0][:200]}", fix="try again later; rerun resumes")
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return UserError(f"{endpoint} answered HTTP {status}{where}: {str(exc).splitlines()[0][:160]}",
+                         fix="try again later; the rerun keeps the finished files")
     return None
 
 
@@ -390,8 +396,14 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
 
     def fetch(item: tuple[str, int]) -> int:
         path, size = item
-        hf_hub_download(repo_id, path, repo_type="dataset", local_dir=str(to), endpoint=endpoint,
-                        revision=revision)
+        try:
+            hf_hub_download(repo_id, path, repo_type="dataset", local_dir=str(to), endpoint=endpoint,
+                            revision=revision)
+        except Exception as exc:
+            error = _hub_error(exc, endpoint, path)
+            if error is None:
+                raise
+            raise error from None
         return size
 
     disable_progress_bars()  # one rich bar instead of a tqdm bar per file

@@ -92,7 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             return
         resolve = re.match(r"^/datasets/([^/]+/[^/]+)/resolve/([^/]+)/(.*)$", path)
-        if resolve and state.hub_repo == resolve.group(1) and resolve.group(3) in state.files:
+        if resolve and state.hub_repo == resolve.group(1) and resolve.group(3) in state.files \
+                and resolve.group(3) not in state.unavailable:
             name = resolve.group(3)
             data = state.files[name]
             etag = hashlib.sha1(data).hexdigest()  # noqa: S324 - a git blob-like id, as the Hub's ETag
@@ -111,6 +112,7 @@ class ServerState:
         self.hub_repo = hub_repo
         self.cut_after: dict[str, int] = {}
         self.honour_range = True
+        self.unavailable: set[str] = set()  # listed in the tree, but /resolve/ answers 404 (a flaky mirror)
         self.requests: list[tuple[str, str, str | None]] = []
 
     def tree(self, prefix: str, recursive: bool) -> list[dict]:
@@ -136,11 +138,17 @@ class ServerState:
         return list(entries.values())
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:  # a client dropping a connection is expected here
+        pass
+
+
 @contextmanager
 def serve(files: dict[str, bytes], hub_repo: str | None = None):
     """Yield (base_url, state); the server stops when the block ends."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), _Handler)
     server.state = ServerState(files, hub_repo)  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

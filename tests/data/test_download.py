@@ -167,6 +167,26 @@ def test_hub_subset_download_through_huggingface_hub(hub_files, tmp_path, monkey
     assert summary.stats["source"] == "deepdialogue" and summary.stats["samples"] == 3 and not summary.stats["errors"]
 
 
+def test_hub_failed_run_then_rerun_fetches_only_what_is_missing(hub_files, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    to = tmp_path / "dd"
+    with serve(hub_files, hub_repo=REPO) as (url, state):
+        last = max(p for p in hub_files if p.startswith("data/dialogues_llama3-8B/"))
+        state.unavailable.add(last)
+        with pytest.raises(UserError, match=f"{url} answered HTTP 404 \\({last}\\)") as err:
+            download_deepdialogue(to, subset="llama3-8B", endpoint=url, workers=1)
+        assert "rerun" in err.value.fix
+        assert not (to / last).exists() and (to / "README.md").exists()
+        state.unavailable.clear()
+        before = len(state.requests)
+        summary = download_deepdialogue(to, subset="llama3-8B", endpoint=url, workers=1)
+        fetched = [r[1] for r in state.requests[before:] if r[0] == "GET" and "/resolve/" in r[1]]
+    assert summary.skipped_files == summary.files - 1 and fetched == [f"/datasets/{REPO}/resolve/main/{last}"]
+    assert (to / last).read_bytes() == hub_files[last]
+
+
 def test_hub_offline_is_one_line(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
