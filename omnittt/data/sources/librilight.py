@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omnittt.atomic import atomic_write_json
+from omnittt.atomic import atomic_write, atomic_write_json
 from omnittt.data import store
 from omnittt.data.sources import ConversationRef, SourceOptions
 from omnittt.errors import UserError
@@ -143,7 +143,8 @@ def build_index(root: Path, output: Path, split: str | None = None, overwrite: b
     root, output = root.resolve(), output.resolve()
     if output == root or root in output.parents:
         raise UserError(f"{output}: the output lies inside the input {root}", fix="choose another --output")
-    if output.exists() and any(output.iterdir()):
+    # what a killed run leaves (temp files of the index) is ours to replace
+    if output.exists() and any(not p.name.startswith(f".{INDEX_FILE}") for p in output.iterdir()):
         ours = (output / INDEX_FILE).exists() or (output / store.INDEX_FILE).exists()
         if not overwrite or not ours:
             raise UserError(f"{output}: already holds {'a dataset or index' if ours else 'other files'}",
@@ -152,26 +153,40 @@ def build_index(root: Path, output: Path, split: str | None = None, overwrite: b
     started = time.perf_counter()
     paths = _flacs(root, split)
     task = progress.add_task("files", total=len(paths)) if progress is not None else None
-    lines, errors = [], []
-    without_metadata = 0
-    for path in paths:
-        line, error, has_meta = _entry(root, path)
-        if line is not None:
-            lines.append(line)
-            without_metadata += int(not has_meta)
-        if error is not None:
-            errors.append(error)
-        if task is not None:
-            progress.update(task, advance=1)
-    seconds = sum(line["duration_sec"] for line in lines)
+    errors: list[dict[str, Any]] = []
+    files = without_metadata = 0
+    seconds = 0.0
+    speakers: set[str] = set()
+    books: set[str] = set()
+    output.mkdir(parents=True, exist_ok=True)
+
+    def write_index(tmp: Path) -> None:
+        # streamed: the voice_activity lists of a large subset would not fit in memory as Python objects
+        nonlocal files, without_metadata, seconds
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for path in paths:
+                line, error, has_meta = _entry(root, path)
+                if line is not None:
+                    handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                    files += 1
+                    without_metadata += int(not has_meta)
+                    seconds += line["duration_sec"]
+                    speakers.add(line["speaker"])
+                    books.add(line["book"])
+                if error is not None:
+                    errors.append(error)
+                if task is not None:
+                    progress.update(task, advance=1)
+
+    staged = output / f".{INDEX_FILE}.partial"
+    atomic_write(staged, write_index)
     skipped = dict(sorted(Counter(e["reason"] for e in errors).items()))
     stats = {"complete": True, "kind": "audio_index", "source": "librilight", "input": str(root),
-             "files_found": len(paths), "files": len(lines), "samples": 0, "speech_sec": round(seconds, 3),
+             "files_found": len(paths), "files": files, "samples": 0, "speech_sec": round(seconds, 3),
              "speech_hours": round(seconds / 3600, 4), "without_metadata": without_metadata, "skipped": skipped,
              "errors": len(errors), "elapsed_sec": round(time.perf_counter() - started, 3),
-             "speakers": len({line["speaker"] for line in lines}), "books": len({line["book"] for line in lines})}
-    output.mkdir(parents=True, exist_ok=True)
+             "speakers": len(speakers), "books": len(books)}
     store.write_jsonl(output / store.ERRORS_FILE, errors)
     atomic_write_json(output / store.STATS_FILE, stats)
-    store.write_jsonl(output / INDEX_FILE, lines)  # last: its presence means complete
-    return IndexSummary(output, len(lines), seconds / 3600, without_metadata, skipped, stats)
+    os.replace(staged, output / INDEX_FILE)  # last: its presence means complete
+    return IndexSummary(output, files, seconds / 3600, without_metadata, skipped, stats)
