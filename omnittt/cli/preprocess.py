@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
                                      "commonvoice, librilight, auto; or merge (then INPUT is the datasets)."),
         inputs: list[Path] = typer.Argument(None, help="The corpus folder (default: where `download` puts it); "
                                             "for merge, the dataset folders.", show_default=False,
-                                            metavar="INPUT..."),
+                                            metavar="INPUT"),
         output: Path = typer.Option(Path("processed_data"), "--output", "-o", help="Dataset folder to write."),
         tokenizer: Path = typer.Option(None, "--tokenizer", help="Local Hugging Face tokenizer folder "
                                        "(default: the built-in offline tokenizer).", show_default=False),
