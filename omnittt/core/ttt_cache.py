@@ -27,10 +27,6 @@ from transformers.cache_utils import (
 
 from omnittt.core.ttt_ops import ttt_commit
 
-# `layer_types` values (transformers' vocabulary) and what each layer holds.
-TTT_LAYER_TYPES = ("linear_attention", "hybrid", "hybrid_sliding")  # replace, gated, gated + sliding window
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
-
 
 def _rows(batch_index: int | Sequence[int] | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
     """Boolean `[B]` row selector from an int, a list of ints, an index tensor or a boolean mask."""
@@ -44,7 +40,7 @@ def _rows(batch_index: int | Sequence[int] | torch.Tensor, batch_size: int, devi
     return selected
 
 
-def _select_rows(tensors: dict[str, torch.Tensor] | None, fn) -> dict[str, torch.Tensor] | None:
+def _map_values(tensors: dict[str, torch.Tensor] | None, fn) -> dict[str, torch.Tensor] | None:
     return None if tensors is None else {k: fn(v) for k, v in tensors.items()}
 
 
@@ -114,10 +110,6 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
     def batch_size(self) -> int:
         return -1 if self.stream_position is None else int(self.stream_position.shape[0])
 
-    @property
-    def has_state(self) -> bool:
-        return self.state is not None
-
     def begin(self, batch_size: int, device: torch.device) -> None:
         """Start the per-row counters on first use."""
         if self.stream_position is None:
@@ -162,16 +154,16 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
         self.reset_rows = rows.clone() if self.reset_rows is None else (self.reset_rows | rows)
 
     def detach(self) -> None:
-        self.state = _select_rows(self.state, torch.Tensor.detach)
-        self.grads = _select_rows(self.grads, torch.Tensor.detach)
+        self.state = _map_values(self.state, torch.Tensor.detach)
+        self.grads = _map_values(self.grads, torch.Tensor.detach)
         if self.pending_eta is not None:
             self.pending_eta = self.pending_eta.detach()
         if self.kv is not None:
             _kv_detach(self.kv)
 
     def _map_rows(self, fn) -> None:
-        self.state = _select_rows(self.state, fn)
-        self.grads = _select_rows(self.grads, fn)
+        self.state = _map_values(self.state, fn)
+        self.grads = _map_values(self.grads, fn)
         for name in ("pending_eta", "stream_position", "reset_rows"):
             value = getattr(self, name)
             if value is not None:
@@ -203,27 +195,25 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
         pass
 
 
-def layer_types_for(config) -> list[str]:
-    """`layer_types` of a TTT Llama config (transformers' names; see TTT_LAYER_TYPES)."""
-    types = getattr(config, "layer_types", None)
-    if types is None:
-        return ["full_attention"] * config.num_hidden_layers
-    return list(types)
-
-
 class TTTCache(Cache):
     """Cache of a TTT Llama: `TTTCacheLayer` for TTT layers, `DynamicLayer` / `DynamicSlidingWindowLayer` for attention.
 
+    Layers follow `config.layer_types` (set by `prepare_ttt_config`, transformers' names): `full_attention` ->
+    DynamicLayer, `sliding_attention` -> DynamicSlidingWindowLayer(config.sliding_window), `linear_attention` -> a TTT
+    layer (`replace` mode), `hybrid` / `hybrid_sliding` -> a TTT layer with the KV of the attention it keeps (`gated`).
+
     Also holds, per batch row, the attention counters: `real_tokens` `[B]` (real tokens since the conversation
     start; attention `position_ids` continue from it) and `attention_mask_history` `[B, S]` (the 2D mask of every
-    position the attention layers hold, pads 0).
+    position fed to the attention layers, pads 0; one byte per position and row, also under a sliding window, since
+    transformers' mask builders index it by absolute position). `seen_positions` = positions fed (what
+    `get_seq_length()` reports, as transformers' attention caches do).
     """
 
     def __init__(self, config):
         window = getattr(config, "sliding_window", None)
         b = getattr(config, "ttt_mini_batch_size", 64)
         layers = []
-        for kind in layer_types_for(config):
+        for kind in getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers:
             if kind == "full_attention":
                 layers.append(DynamicLayer())
             elif kind == "sliding_attention":

@@ -9,6 +9,12 @@ What it adds to `LlamaModel.forward` (DESIGN.md "two position counters"):
   masked), one per attention kind (full / sliding window when `attention_window` is set);
 - TTT layers get the chunk's 2D mask as `ttt_padding_mask` (and `collect_ttt_stats`), never the 4D mask.
 
+Padding goes on the right: pads never change a TTT state, but they do occupy TTT stream positions, so a
+left-padded row's mini-batch boundaries (and outputs) differ from the row alone. Rows of a batch share the stream
+position modulo b (they do in training: exchanges are aligned to b; in chat after `end_turn()`).
+With `attention_window`, the window counts the positions the KV holds, alignment pads included: across an exchange
+boundary a training step (pads fed) sees up to b - 1 fewer real tokens in the window than chat (`end_turn()`).
+
 `TTTLlamaForCausalLM` is a `LlamaForCausalLM` with that model, a `TTTCache` in `generate()`, `_is_stateful`
 (assisted generation refused: a TTT state cannot be rolled back) and the inner state kept float32 on load.
 Never call `gradient_checkpointing_enable()`: transformers' checkpointing layer drops the cache in training, which
