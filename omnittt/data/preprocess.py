@@ -396,6 +396,10 @@ def resolve_source(options: PreprocessOptions) -> tuple[PreprocessOptions, str |
     get_source(options.source)  # an unknown name fails here, in one line
     if options.task is None:
         options = dataclasses.replace(options, task=DEFAULT_TASK.get(options.source, "dialogue"))
+    if options.source == "commonvoice" and not options.split:  # recorded in the settings as what it is
+        from omnittt.data.sources.commonvoice import DEFAULT_SPLIT
+
+        options = dataclasses.replace(options, split=DEFAULT_SPLIT)
     return options, detected
 
 

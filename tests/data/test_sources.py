@@ -123,7 +123,7 @@ def test_commonvoice_grouped_clips(corpora, tmp_path, tokenizer):
     out = tmp_path / "cv"
     preprocess(PreprocessOptions(source="commonvoice", input_dir=str(root), output=str(out), group_size=4))
     ds = open_dataset(out)
-    assert ds.settings["task"] == "asr" and ds.settings["split"] is None
+    assert ds.settings["task"] == "asr" and ds.settings["split"] == "train"
     assert _targets(ds, tokenizer) == {cid: e["texts"] for cid, e in expect.items()}
     # read with no quoting: the unbalanced quote is kept and does not swallow the following rows
     assert 'He said "hello and walked away.' in _targets(ds, tokenizer)[next(c for c in expect if "bbbb" in c)]
