@@ -220,11 +220,13 @@ def _llama31_8b_config() -> LlamaConfig:
     )
 
 
-def test_llama31_8b_converts_layers_24_to_31_on_meta():
+def test_llama31_8b_converts_layers_24_to_31_on_meta(caplog):
     with torch.device("meta"):
         base = LlamaForCausalLM(_llama31_8b_config())
     base_params = sum(p.numel() for p in base.parameters())
-    model = convert_llama_to_ttt(base, list(range(24, 32)), mini_batch_size=64)
+    with caplog.at_level("INFO", logger="omnittt.core.ttt_llama"):
+        model = convert_llama_to_ttt(base, list(range(24, 32)), mini_batch_size=64)
+    assert "converted 8 of 32 layers to TTT-mlp (replace): [24, 25, 26, 27, 28, 29, 30, 31]" in caplog.text
     summary = model.ttt_summary()
     assert summary["num_ttt_layers"] == 8 and summary["ttt_layers"] == list(range(24, 32))
     nh, f, C = 32, 128, 4096
