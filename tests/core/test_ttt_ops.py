@@ -333,12 +333,12 @@ def test_checkpointing_same_results_fewer_saved_bytes(kind):
     x = make_inputs(kind, n_mb=6, b=4, f=8)
     inputs = list(x.values())
     results = {}
-    for group in (0, 1, 2, 6):
+    for group in (0, 1, 2, 4, 6, 10):  # 4: a last group shorter than the others; 10: more than n_mb
         saved, (state, z) = _saved_bytes(lambda g=group: run_op(kind, x, checkpoint_group_size=g))
         grads = torch.autograd.grad(scalar_loss(state, z), inputs)
         results[group] = saved, [*state, z], grads
     saved0, outs0, grads0 = results[0]
-    for group in (1, 2, 6):
+    for group in (1, 2, 4, 6, 10):
         saved, outs, grads = results[group]
         for a, b in zip(outs, outs0, strict=True):
             assert torch.equal(a, b)
