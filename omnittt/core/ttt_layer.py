@@ -73,10 +73,12 @@ def rope_theta(config) -> float:
 
 
 def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Hugging Face rotate_half RoPE at integer `positions` `[T]`, angles computed in float64."""
+    """Hugging Face rotate_half RoPE at integer `positions` `[T]`, angles computed in float64 (float32 on MPS,
+    which has no float64)."""
     dim = x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64, device=x.device) / dim)
-    freqs = positions.to(torch.float64)[:, None] * inv_freq
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=wide, device=x.device) / dim)
+    freqs = positions.to(wide)[:, None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
     return x * cos + rotate_half(x) * sin
