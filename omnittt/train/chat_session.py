@@ -4,7 +4,8 @@
 and/or text) is laid out exactly as one training exchange (`PromptBuilder.generation_prompt`, BOS + system prompt
 only on the first exchange), the reply is generated with the model's `generate()` continuing the cache, and then
 the reply's final `<eot>` goes through the model and `cache.end_turn()` commits the pending partial mini-batch
-exactly as the alignment padding of a training sample does. So after every exchange the TTT state and the
+exactly as the alignment padding of a training sample does (with a sliding attention window the masked pads are
+fed as in training, because the window counts their slots). So after every exchange the TTT state and the
 attention KV are the ones training produced for the same exchange (nothing is ever zero-padded into the state).
 A reply cut by `max_new_tokens` or by `interrupt()` is closed the same way (its last token, then `<eot>`), so
 the conversation stays in the training format.
@@ -35,7 +36,7 @@ from omnittt.config import Settings
 from omnittt.core.constants import SYSTEM_PROMPT
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.prompt import Exchange, PromptBuilder
-from omnittt.core.speech import SAMPLE_RATE, split_segments
+from omnittt.core.speech import SAMPLE_RATE, padding_for, split_segments
 from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
 from omnittt.errors import UserError
 
@@ -243,7 +244,7 @@ class ChatSession:
                 reason = "interrupted" if self._interrupt.is_set() else "max_new_tokens"
             self.model(input_ids=torch.tensor([closing], device=self.device), past_key_values=self.cache,
                        use_cache=True, logits_to_keep=1)
-            self.cache.end_turn()
+            self._close_exchange()
         except BaseException as exc:
             # a failure inside the model leaves some layers updated and others not: refuse to go on silently
             self._broken = f"turn {self.turns + 1} failed inside the model ({exc.__class__.__name__})"
@@ -259,6 +260,20 @@ class ChatSession:
         self.history.append({"user": user, "reply": result.text, "stop_reason": reason,
                              "positions": result.positions})
         return result
+
+    def _close_exchange(self) -> None:
+        """End the exchange where a training sample ends. `end_turn()` commits the TTT state exactly as the
+        alignment pads would, and full attention never sees pads, so that is all it takes. A sliding attention
+        window, however, counts the (masked) pad slots training put in the KV: there the pads are fed, masked,
+        as training feeds them, so the window holds what it held in training (and TTT sees the same padding)."""
+        text = self.model.config.text_config
+        if text.attention_window:
+            pads = padding_for(self.cache.seen_positions, int(text.ttt_mini_batch_size))
+            if pads:
+                ids = torch.full((1, pads), self.builder.tokens.pad, dtype=torch.long, device=self.device)
+                self.model(input_ids=ids, attention_mask=torch.zeros_like(ids), past_key_values=self.cache,
+                           use_cache=True, logits_to_keep=1)
+        self.cache.end_turn()
 
     def _speech(self, audio: Any, sample_rate: int, label: str | None) -> tuple[np.ndarray, str]:
         """(16 kHz mono float32 waveform, its description for the transcript)."""
