@@ -88,12 +88,13 @@ def test_one_pass_equals_prefill_decode_and_random_chunks(name):
     with torch.no_grad():
         full = model(tokens).logits
         decoded, _ = feed(model, tokens, list(range(19, 34)))  # prefill ends inside a mini-batch
-        assert (decoded - full).abs().max().item() <= 1e-4
+        # 1e-5 (the layer-level bound; the model's is 1e-4): this is also where `gated` layers stream
+        assert (decoded - full).abs().max().item() <= 1e-5
         gen = torch.Generator().manual_seed(3)
         for _ in range(2):
             cuts = sorted(torch.randperm(33, generator=gen)[:5].add(1).tolist())
             chunked, _ = feed(model, tokens, cuts)
-            assert (chunked - full).abs().max().item() <= 1e-4, cuts
+            assert (chunked - full).abs().max().item() <= 1e-5, cuts
 
 
 def test_generate_greedy_equals_manual_greedy():
