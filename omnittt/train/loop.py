@@ -202,9 +202,11 @@ class Trainer:
         collect = completes and self.ttt_logger.wants(next_step)
         loss_sum: torch.Tensor | float = 0.0
         targets = positions = 0
-        turns = []
+        turns: list[int] = []
+        conversation_ids: list[str] = []
         for index, k in enumerate(exchanges):
-            step = batch[k]
+            step = batch[k]  # loaded and featurised on access: once per exchange
+            conversation_ids = list(step["conversation_ids"])
             reset_new_conversations(cache, step["turn_number"])
             with self.accelerator.autocast():
                 out = model(**model_inputs(step, device), past_key_values=cache, use_cache=True,
@@ -217,7 +219,6 @@ class Trainer:
             positions += real_positions(step, self.speech_mode)
             turns.append(int(step["turn_number"].max()))
         self.state.windows += 1
-        conversation_ids = list(batch[exchanges.start]["conversation_ids"]) if len(exchanges) else []
         loss = loss_sum / targets if targets else None
         problems = nonfinite_problems(loss.detach() if loss is not None else None, cache=cache)
         if not problems and loss is not None:
