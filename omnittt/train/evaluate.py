@@ -213,6 +213,7 @@ def bootstrap_ratio(sums: np.ndarray, counts: np.ndarray, n_boot: int, confidenc
 @dataclass
 class StatOptions:
     min_tokens: int = 100  # a bucket with fewer tokens gets no number
+    min_dialogues: int = 3  # a recall-probe row over fewer dialogues gets no number
     bootstrap: int = 1000  # bootstrap resamples
     confidence: float = 0.95
     seed: int = 0
@@ -337,8 +338,8 @@ def check_report_finite(report: Any, where: str = "report") -> None:
         raise NonFiniteEvalError(f"{where} is {report}", fix="report this as a bug with the command line")
 
 
-def plot_report(report: dict[str, Any], path: str | Path) -> None:
-    """Loss vs position bucket per run (with intervals) and ln(vocab), written to `path` with matplotlib."""
+def require_matplotlib() -> Any:
+    """matplotlib.pyplot on the Agg backend, or the one-line error (checked before a long evaluation)."""
     try:
         import matplotlib
 
@@ -348,7 +349,14 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
         raise UserError("--plot needs matplotlib, which is not installed",
                         fix="pip install matplotlib, or leave out --plot (the terminal chart is always printed)"
                         ) from None
+    return plt
+
+
+def plot_report(report: dict[str, Any], path: str | Path) -> None:
+    """Loss vs position bucket per run (with intervals) and ln(vocab), written to `path` with matplotlib."""
     from omnittt.atomic import atomic_write
+
+    plt = require_matplotlib()
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     labels = report["buckets"]

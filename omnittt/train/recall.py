@@ -21,7 +21,6 @@ from omnittt.train.evaluate import StatOptions, TokenScores, bootstrap_ratio
 RECALL_DOMAIN = "recall"
 # Position-distance bins of the probe (from the fact exchange's first token to the first answer token).
 DISTANCE_EDGES = (0, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-MIN_DIALOGUES = 3  # a probe row over fewer dialogues gets no number
 
 
 @dataclass(frozen=True)
@@ -157,8 +156,8 @@ def _row(label: str, dialogues_selected: np.ndarray, dialogue: np.ndarray, value
     keys = dialogue[select]
     n = int(len(np.unique(keys)))
     row: dict[str, Any] = {"distance": label, "dialogues": n, "tokens": int(select.sum()), "loss": None, "ci": None}
-    if n < MIN_DIALOGUES:
-        row["note"] = f"too few dialogues ({n} < {MIN_DIALOGUES})"
+    if n < options.min_dialogues:
+        row["note"] = f"too few dialogues ({n} < {options.min_dialogues})"
         return row
     unique, inverse = np.unique(keys, return_inverse=True)
     sums = np.bincount(inverse, weights=values[select], minlength=len(unique))
