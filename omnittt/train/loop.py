@@ -46,6 +46,7 @@ class TrainerState:
     windows: int = 0  # truncated-BPTT windows run (skipped ones included)
     skipped: int = 0  # windows skipped for non-finite values
     stage: str = ""
+    stage_start_step: int = 0  # the step this curriculum stage began at (its steps are counted from there)
     loader: dict[str, Any] = field(default_factory=dict)  # the loader's position: the next batch
     guard: dict[str, int] = field(default_factory=dict)
     num_threads: int = 0

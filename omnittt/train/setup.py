@@ -192,15 +192,21 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
                                 seed=settings.seed, feature_extractor=feature_extractor)
     stage_steps = planned_steps(loader, settings)
     scheduler = build_scheduler(optimizer, settings.warmup_steps, stage_steps, settings.min_lr_ratio)
-    # the step count carries on across curriculum stages: a chained stage adds its own steps
-    total_steps = stage_steps + (int(read_trainer_state(source)["step"]) if chained else 0)
+    # the step count carries on across curriculum stages: a stage adds its own steps (--max-steps counts them)
+    if trainer_state is not None:
+        stage_start = int(trainer_state.get("stage_start_step", 0))
+    elif chained or (settings.resume_from is not None and not settings.reset_step):
+        stage_start = int(read_trainer_state(source)["step"])
+    else:
+        stage_start = 0
+    total_steps = stage_start + stage_steps
 
     speech_mode = model.config.speech_positions
     accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
                               cpu=not torch.cuda.is_available())
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    state = TrainerState(stage=settings.stage, num_threads=int(threads))
+    state = TrainerState(stage=settings.stage, num_threads=int(threads), stage_start_step=stage_start)
     if trainer_state is not None:  # continue exactly
         optimizer.load_state_dict(load_torch_state(resume, OPTIMIZER_FILE))
         scheduler.load_state_dict(load_torch_state(resume, SCHEDULER_FILE))

@@ -14,7 +14,7 @@ from omnittt.cli import app
 from omnittt.data.curriculum import get_stage
 from omnittt.inspect.jsonl import read_jsonl
 from omnittt.train.checkpoint import load_weights, read_trainer_state
-from omnittt.train.setup import start_run
+from omnittt.train.setup import resume_run, start_run
 
 pytestmark = pytest.mark.slow
 
@@ -49,6 +49,10 @@ def test_16k_continues_from_the_8k_final_checkpoint(long_data, tmp_path):
     assert all(r["lr"] <= peak_16k * (1 + 1e-9) for r in lines[2:])
     assert lines[0]["lr"] > peak_16k  # the 8k stage ran with its own (larger) rate
     assert read_trainer_state(trainer.last_checkpoint)["stage"] == "16k"
+    # resuming the 16k stage counts its steps from where the stage began (--max-steps 3 = one more step)
+    resume_run(str(run), {"max_steps": 3}).trainer.fit()
+    lines = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("event") is None]
+    assert [(r["step"], r["stage"]) for r in lines][-2:] == [(4, "16k"), (5, "16k")]
 
 
 def test_later_stage_without_the_previous_one_and_empty_stage_exit_2(long_data, tmp_path):
