@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
                             fix=f"use one of: {', '.join(SOURCES)} (omnittt download --list shows sizes)")
         target = to or Path(DEFAULT_INPUT[source])
         if source == "synthetic":
-            _synthetic(target, dialogues, seed, recall_exchanges)
+            synthetic(target, dialogues, seed, recall_exchanges)
         elif source == "librispeech":
             _librispeech(target, split, mirror, keep_archive)
         else:
@@ -134,7 +134,7 @@ def _deepdialogue(target: Path, subset: str | None, workers: int, dry_run: bool)
                       f"next: omnittt preprocess deepdialogue {summary.path}")
 
 
-def _synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) -> None:
+def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) -> Any:
     import os
 
     from rich.table import Table
@@ -155,3 +155,4 @@ def _synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) -
     table.add_row("audio", f"{summary.audio_sec / 60:.1f} min (24 kHz PCM16, DeepDialogue-xtts layout)")
     table.add_row("next", f"omnittt preprocess synthetic {summary.path}")
     console.print(table)
+    return summary

@@ -97,9 +97,9 @@ def register(app: typer.Typer) -> None:
             _audio_index(options)
             return
         the_plan = plan(options)
-        _print_plan(the_plan)
-        summary = _run_with_progress(the_plan, run)
-        _print_summary(summary)
+        print_plan(the_plan)
+        summary = run_with_progress(the_plan, run)
+        print_summary(summary)
         if summary.stats.get("samples", 0) == 0:
             raise typer.Exit(1)
 
@@ -116,7 +116,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-def _print_plan(plan: Any) -> None:
+def print_plan(plan: Any) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -145,7 +145,7 @@ def _print_plan(plan: Any) -> None:
     console.print(Panel(grid, title="omnittt preprocess", expand=False))
 
 
-def _run_with_progress(plan: Any, run: Any) -> Any:
+def run_with_progress(plan: Any, run: Any) -> Any:
     from rich.progress import TextColumn
 
     from omnittt.console import make_progress
@@ -167,7 +167,7 @@ def _run_with_progress(plan: Any, run: Any) -> Any:
     return summary
 
 
-def _print_summary(summary: Any) -> None:
+def print_summary(summary: Any) -> None:
     from rich.table import Table
 
     from omnittt.console import console
