@@ -287,12 +287,11 @@ class Chat:
                 path = base / path
             if name == "/save":
                 self.session.save(path)
-                self.console.print(f"saved {self.session.turns} turns, {self.session.positions} positions to {path}",
-                                   highlight=False)
             else:
                 self.session.load(path)
-                self.console.print(f"loaded {path}: {self.session.turns} turns, {self.session.positions} positions",
-                                   highlight=False)
+            done = "saved to" if name == "/save" else "loaded from"
+            self.console.print(f"{done} {path}: {_count(self.session.turns, 'turn')}, {self.session.positions} "
+                               "positions", highlight=False)
             self.events.append({"event": name[1:], "file": str(path), "turns": self.session.turns,
                                 "positions": self.session.positions})
         return True
@@ -311,7 +310,7 @@ def state_table(summary: dict[str, Any]) -> Any:
     from rich.table import Table
 
     window = summary["attention_window"]
-    title = (f"conversation state: {summary['turns']} turns, {summary['positions']} positions, attention "
+    title = (f"conversation state: {_count(summary['turns'], 'turn')}, {summary['positions']} positions, attention "
              f"{'window ' + str(window) if window else 'full'}\nTTT state {_size(summary['ttt_state_bytes'])}, "
              f"KV {_size(summary['kv_bytes'])}, mask history {_size(summary['mask_history_bytes'])}")
     table = Table(title=title, title_justify="left")
@@ -330,6 +329,10 @@ def state_table(summary: dict[str, Any]) -> Any:
                       entry.get("dtype", entry.get("kv_dtype", "")).replace("float", "fp"), stream,
                       str(entry.get("kv_positions", "")))
     return table
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _size(n: int) -> str:

@@ -379,3 +379,23 @@ def test_open_chat_on_a_run_directory_checks_its_recorded_settings(model_dir, tm
     run.write_config({"dataset": {**dataset, "mini_batch_size": 64}})
     with pytest.raises(UserError, match="mini-batch size 64"):
         open_chat(run=run.path, device="cpu")
+
+
+def test_interrupt_ends_the_reply_and_closes_the_exchange(chat):
+    session = chat()
+    reply = session.user_turn(text="talk a lot", on_text=lambda _piece: session.interrupt(), max_new_tokens=50)
+    assert reply.stop_reason == "interrupted" and 1 <= len(reply.token_ids) < 50
+    assert session.positions == reply.prompt_positions + len(reply.token_ids) + 1  # reply + the closing <eot>
+    assert session.state_summary()["layers"][2]["pending"] == 0  # committed by end_turn
+    assert session.user_turn(text="next").stop_reason == "max_new_tokens"  # the interrupt does not linger
+
+
+def test_interactive_turns_and_commands_keep_going_after_an_error(model_dir):
+    from omnittt.cli.app import app
+
+    result = CliRunner().invoke(app, ["chat", "--model", str(model_dir), "--device", "cpu", "--temperature", "0",
+                                      "--max-new-tokens", "2"], input="hello\n/frobnicate\nmissing.wav\n/state\n")
+    assert result.exit_code == 0, result.output
+    assert "unknown command /frobnicate" in result.output and "missing.wav: missing audio" in result.output
+    # the loop went on after the errors, and end of input quits
+    assert "turn 1 · hello" in result.output and "conversation state: 1 turn," in result.output
