@@ -254,3 +254,27 @@ def test_dataset_for_another_mini_batch_is_refused(trained_runs, tmp_path):
                                  output=str(tmp_path / "processed"), mini_batch_size=2 * MINI_BATCH, workers=1))
     with pytest.raises(UserError, match="mini-batch size"):
         evaluate(EvalOptions(run=str(trained_runs["ttt"]), data=str(tmp_path / "processed"), stage="none"))
+
+
+def _small_report():
+    return {"buckets": ["0-1k", "1k-2k"], "uniform_loss": math.log(873), "vocab_size": 873,
+            "runs": [{"name": "model", "buckets": [{"loss": 2.0, "ci": [1.9, 2.1]}, {"loss": None, "ci": None}]}]}
+
+
+def test_plot_needs_matplotlib_and_says_so(monkeypatch, tmp_path):
+    import sys
+
+    from omnittt.train.evaluate import plot_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(UserError, match="needs matplotlib"):
+        plot_report(_small_report(), tmp_path / "plot.png")
+    assert not (tmp_path / "plot.png").exists()
+
+
+def test_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from omnittt.train.evaluate import plot_report
+
+    plot_report(_small_report(), tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
