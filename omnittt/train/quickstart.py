@@ -183,8 +183,8 @@ class HeldOut:
         if gap > 0.01:
             lines.append(f"swapping the speech costs {gap:.3f} nats/token: the model uses what the user said")
         else:
-            lines.append(f"swapping the speech changes the loss by {gap:+.4f} nats/token: after this short run the "
-                         "model predicts the replies from the text context alone; using the speech takes "
+            lines.append(f"swapping the speech changes the loss by only {gap:+.5f} nats/token: after this short "
+                         "run the model predicts the replies from the text context alone; using the speech takes "
                          "much longer training (omnittt train on real data)")
         return lines
 
