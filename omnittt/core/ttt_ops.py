@@ -151,34 +151,31 @@ def ttt_linear(
     return _dual_form(_linear_step, XK, XQ, XV, eta, ttt_norm_weight, ttt_norm_bias, state, checkpoint_group_size)
 
 
-def _mlp_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XKQ: Tensor, target: Tensor, M1: Tensor,
+def _mlp_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XK: Tensor, XQ: Tensor, XV: Tensor, M1: Tensor,
               eta: Tensor, eta_last: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-    """One mini-batch of TTT-MLP, `[B*nh, ...]` tensors; returns the carried state and LN(g_{W_i}(q_i)) before
+    """One mini-batch of TTT-MLP, `[B*nh, b, ...]` tensors; returns the carried state and LN(g_{W_i}(q_i)) before
     the LN affine."""
     W1, b1, W2, b2 = state
-    XK = XKQ[:, : target.shape[1]]
-    # keys at W_s and their loss gradients dl/dZ2, dl/dZ1 (queries ride along in the first product)
-    Z1, Z1q = torch.baddbmm(b1, XKQ, W1).split(XK.shape[1], dim=1)
+    # keys at W_s and their loss gradients dl/dZ2, dl/dZ1
+    Z1 = torch.baddbmm(b1, XK, W1)
     X2, dX2 = _GeluWithGrad.apply(Z1)
-    G2 = _ln_l2_grad(torch.baddbmm(b2, X2, W2), target, ln_w, ln_b)
+    G2 = _ln_l2_grad(torch.baddbmm(b2, X2, W2), XV - XK, ln_w, ln_b)
     G1 = (G2 @ W2.mT) * dX2
     # queries through W_i without forming it: M = eta * (Xq X^T + 1) folds the weight and bias updates together;
     # layer 2 sees the query's own hidden activations, computed with W1_i
-    X2q = _gelu(torch.baddbmm(Z1q, M1, G1, alpha=-1))
+    X2q = _gelu(torch.baddbmm(torch.baddbmm(b1, XQ, W1), M1, G1, alpha=-1))
     M2 = torch.addcmul(eta, eta, X2q @ X2.mT)
     Z2q = torch.baddbmm(torch.baddbmm(b2, X2q, W2), M2, G2, alpha=-1)
     state = (*_descend(W1, b1, XK, G1, eta_last), *_descend(W2, b2, X2, G2, eta_last))
     return state, F.layer_norm(Z2q, Z2q.shape[-1:], eps=LN_EPS)
 
 
-def _linear_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XKQ: Tensor, target: Tensor, M1: Tensor,
-                 eta: Tensor, eta_last: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+def _linear_step(ln_w: Tensor, ln_b: Tensor, state: tuple[Tensor, ...], XK: Tensor, XQ: Tensor, XV: Tensor,
+                 M1: Tensor, eta: Tensor, eta_last: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
     """One mini-batch of TTT-Linear: the first layer of `_mlp_step` with the loss right after it."""
     W1, b1 = state
-    XK = XKQ[:, : target.shape[1]]
-    Z1, Z1q = torch.baddbmm(b1, XKQ, W1).split(XK.shape[1], dim=1)
-    G1 = _ln_l2_grad(Z1, target, ln_w, ln_b)
-    Z1q = torch.baddbmm(Z1q, M1, G1, alpha=-1)
+    G1 = _ln_l2_grad(torch.baddbmm(b1, XK, W1), XV - XK, ln_w, ln_b)
+    Z1q = torch.baddbmm(torch.baddbmm(b1, XQ, W1), M1, G1, alpha=-1)
     return _descend(W1, b1, XK, G1, eta_last), F.layer_norm(Z1q, Z1q.shape[-1:], eps=LN_EPS)
 
 
@@ -190,18 +187,12 @@ def _dual_form(step: Callable, XK: Tensor, XQ: Tensor, XV: Tensor, eta: Tensor, 
     # [B*nh, n_mb, ...] views; the scan walks dim 1 and bmm takes the strided per-step slices without copies
     XK, XQ, XV, eta = (x.to(dtype).flatten(0, 1) for x in (XK, XQ, XV, eta))
     eta = eta.tril()
-    # everything that does not depend on the state is computed for all mini-batches at once
-    inputs = (
-        torch.cat([XK, XQ], dim=2),
-        XV - XK,  # the target: F(k) = k + LN(g(k)) should reconstruct v
-        torch.addcmul(eta, eta, XQ @ XK.mT),  # M1 = eta * (XQ XK^T + 1), causal through tril(eta)
-        eta,
-        eta[..., -1, :, None],  # the last token's row: its W is carried
-    )
+    M1 = (XQ @ XK.mT).add_(1).mul_(eta)  # eta * (XQ XK^T + 1) for all mini-batches at once, causal through tril
+    inputs = (XK, XQ, XV, M1, eta, eta[..., -1, :, None])  # the last token's row of eta: its W is carried
     ln_w, ln_b = (p.to(dtype).repeat(B, 1)[:, None] for p in (ln_weight, ln_bias))
     state = tuple(p.to(dtype).flatten(0, 1) for p in state)
     state, zhat = _scan(partial(step, ln_w, ln_b), state, inputs, checkpoint_group_size)
-    XQW = torch.addcmul(ln_b[:, None] + XQ, ln_w[:, None], zhat)  # the residual and LN affine, all tokens at once
+    XQW = torch.addcmul(XQ, ln_w[:, None], zhat).add_(ln_b[:, None])  # the LN affine and residual, all tokens at once
     final = {f"{name}_states": p.unflatten(0, (B, nh)) for name, p in zip(MLP_KEYS[: len(state)], state, strict=True)}
     return final, XQW.unflatten(0, (B, nh))
 
