@@ -8,7 +8,9 @@ stage minimum, so 8k-stage sessions hold about 4.3k positions; the 16k stage's s
 by the library `omnittt eval` calls, with random weights (the cost does not depend on the weights):
 the model alone (state carried) and the model plus the reset-every-turn ablation in lockstep (the default
 command). Also timed: building the exchange steps alone (sample loading + log-mel features), so the model's share
-is visible. Wall-clock seconds per session; positions include the alignment padding fed through the model.
+is visible. Wall-clock seconds per session, and CPU seconds of this process (all its threads: on a shared machine
+the CPU time is what the work needs, the wall-clock time what it got); positions include the alignment padding
+fed through the model.
 
     python benchmarks/eval.py --sessions 2 --threads 1 2
 """
@@ -71,15 +73,18 @@ def main() -> None:
                 for step in batch:
                     del step
             steps = time.perf_counter() - start
-            timings = {}
+            timings, cpu = {}, {}
             for label, modes in (("carried", ("never",)), ("carried+reset", ("never", "every-turn"))):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 scores = score_runs(runs_for(model, "random", modes, None), loader())
                 timings[label] = time.perf_counter() - start
+                cpu[label] = time.process_time() - start_cpu
             rows.append({"threads": threads, "session": conv.conversation_id, "positions": conv.num_positions,
                          "exchanges": conv.num_exchanges, "target_tokens": scores[0].tokens,
                          "steps_only_s": round(steps, 2), "carried_s": round(timings["carried"], 2),
                          "carried_and_reset_s": round(timings["carried+reset"], 2),
+                         "carried_cpu_s": round(cpu["carried"], 2),
+                         "carried_and_reset_cpu_s": round(cpu["carried+reset"], 2),
                          "positions_per_s": round(conv.num_positions / timings["carried"], 1)})
             print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

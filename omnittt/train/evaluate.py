@@ -446,7 +446,15 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> LoadedModel:
             settings = find_run_dir(path).read_config().get("settings", {})
         except UserError:
             settings = {}
-    model = load_model(path, device=device).model
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the eval progress bar is ours; a load is one line in the header
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the sub-config type notice of from_pretrained is noise here
+    try:
+        model = load_model(path, device=device).model
+    finally:
+        hf_logging.set_verbosity(verbosity)
     tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
     return LoadedModel(model, str(path), tokenizer, settings, step)
 
