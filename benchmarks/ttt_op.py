@@ -79,21 +79,32 @@ def worker(kind: str, b: int, L: int, mode: str, group: int, repeats: int, nh: i
             "threads": torch.get_num_threads(), "load_before": load, "load_after": os.getloadavg()[0]}
 
 
-def matmul_rates(repeats: int) -> dict:
-    """fp32 GFLOP/s of this machine on the op's shape class (batched 64x64) and on large matmuls."""
+MATMULS = {  # name -> (A, B) shapes of torch.bmm
+    "batched 512 x (64x64 @ 64x64)": ((512, 64, 64), (512, 64, 64)),
+    "batched 8 x (64x64 @ 64x256)": ((8, 64, 64), (8, 64, 256)),  # the op's products at b = 64, one per head
+    "2048 x 2048": ((1, 2048, 2048), (1, 2048, 2048)),
+}
+
+
+def matmul_rates() -> dict:
+    """fp32 GFLOP/s (per wall second and per CPU second) of this machine on the op's shape class and on a large
+    matmul: the best of 5 bursts of ~0.2 s each."""
     import torch
 
     rates = {}
-    for name, (batch, n) in {"batched 512 x (64x64)": (512, 64), "batched 8 x (64x64 @ 64x256)": (8, 0),
-                             "2048 x 2048": (1, 2048)}.items():
-        if n == 0:
-            A, B = torch.randn(8, 64, 64), torch.randn(8, 64, 256)
-            flops = 2 * 8 * 64 * 64 * 256
-        else:
-            A, B = torch.randn(batch, n, n), torch.randn(batch, n, n)
-            flops = 2 * batch * n**3
-        reps = max(3, int(0.3 / max(timed(lambda A=A, B=B: torch.bmm(A, B), 1)[0], 1e-6)))
-        rates[name] = flops / timed(lambda A=A, B=B: torch.bmm(A, B), min(reps, 200) * repeats)[0] / 1e9
+    for name, (a, b) in MATMULS.items():
+        A, B = torch.randn(a), torch.randn(b)
+        flops = 2 * a[0] * a[1] * a[2] * b[2]
+        single, _ = timed(lambda A=A, B=B: torch.bmm(A, B), 1)
+        calls = max(1, int(0.2 / max(single, 1e-6)))
+        best_wall = best_cpu = float("inf")
+        for _ in range(5):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(calls):
+                torch.bmm(A, B)
+            best_wall = min(best_wall, (time.perf_counter() - start) / calls)
+            best_cpu = min(best_cpu, (time.process_time() - start_cpu) / calls)
+        rates[name] = {"wall": flops / best_wall / 1e9, "cpu": flops / max(best_cpu, 1e-9) / 1e9}
     return rates
 
 
@@ -108,6 +119,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment for the workers, e.g. MALLOC_TRIM_THRESHOLD_=4000000000 (repeatable)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--worker", nargs=5, metavar=("KIND", "B", "L", "MODE", "GROUP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,12 +143,13 @@ def main() -> None:
     configs += [(k, int(b), max(lengths), "fwdbwd", int(g)) for g in split for k in args.kinds.split(",")
                 for b in args.block_sizes.split(",") if "fwdbwd" in args.modes]
     started = time.time()
-    rates = matmul_rates(1)
+    rates = matmul_rates()
     rows = []
     for kind, b, L, mode, group in configs:
         cmd = [sys.executable, __file__, "--worker", kind, str(b), str(L), mode, str(group),
                "--repeats", str(args.repeats), "--heads", str(nh), "--head-dim", str(f), "--threads", str(args.threads)]
-        result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        env = {**os.environ, **dict(item.split("=", 1) for item in args.env)}
+        result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout)
         rows.append({"kind": kind, "b": b, "L": L, "mode": mode, "checkpoint_group_size": group, **result,
                      "tokens_per_s": L / result["seconds"],
                      "gflops": op_flops_per_token(kind, nh, f, b) * L / result["seconds"] / 1e9,
@@ -144,12 +158,12 @@ def main() -> None:
         print(f"{kind:6s} b={b:<3d} L={L:<6d} {mode:6s} g={group} {r['seconds']:8.3f} s (cpu {r['cpu_seconds']:.3f} s) "
               f"{r['tokens_per_s']:9.0f} tok/s {r['gflops']:6.1f} GFLOP/s  peak {r['peak_rss_mib']:6.0f} MiB "
               f"(base {r['base_rss_mib']:.0f}) load {r['load_before']:.1f}", flush=True)
-    rates_after = matmul_rates(1)
+    rates_after = matmul_rates()
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cores": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),
               "matmul_gflops_before": rates, "matmul_gflops_after": rates_after, "rows": rows,
-              "wall_s": time.time() - started}
+              "wall_s": time.time() - started, "env": args.env}
     print_markdown(report, lengths)
     if args.json:
         with open(args.json, "w") as fh:
@@ -157,11 +171,13 @@ def main() -> None:
 
 
 def print_markdown(report: dict, lengths: list[int]) -> None:
+    env = f", worker environment {' '.join(report['env'])}" if report["env"] else ""
     print(f"\n{report['date']}, torch {report['torch']}, {report['threads']} threads on {report['cores']} cores, "
-          f"run took {report['wall_s']:.0f} s")
-    print("fp32 matmul GFLOP/s (before / after the op runs): " + ", ".join(
-        f"{k}: {report['matmul_gflops_before'][k]:.0f} / {report['matmul_gflops_after'][k]:.0f}"
-        for k in report["matmul_gflops_before"]))
+          f"run took {report['wall_s']:.0f} s{env}")
+    print("fp32 matmul GFLOP/s per wall second (per CPU second), before / after the op runs: " + ", ".join(
+        f"{k}: {before['wall']:.0f} ({before['cpu']:.0f}) / {after['wall']:.0f} ({after['cpu']:.0f})"
+        for k, before, after in ((k, report["matmul_gflops_before"][k], report["matmul_gflops_after"][k])
+                                 for k in MATMULS)))
     print("\n| op | b | L | mode | ckpt group | s / call | CPU s / call | tokens/s | op GFLOP/s (per CPU s) "
           "| peak RSS MiB (before op) | load avg |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
