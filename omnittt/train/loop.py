@@ -130,7 +130,8 @@ class Trainer:
         self.last_val_loss: float | None = None
         self.last_saved_step = self.state.step
         self.fp32_drifts = 0
-        self.last_checkpoint = None
+        # a resumed run's newest checkpoint is the one at its current step
+        self.last_checkpoint = run.latest_checkpoint() if self.state.step else None
         # the optimizer step being accumulated
         self._pending_windows = 0
         self._pending: dict[str, Any] = self._empty_pending()
@@ -155,6 +156,9 @@ class Trainer:
         self._progress = (progress, task)
         self.state.finished = False
         while not self.done:
+            # a run that stopped on an epoch's last batch resumes with that epoch's tail empty: only an empty
+            # epoch from its start means there is nothing to train on
+            fresh_epoch = self.loader.next_batch == 0
             trained_any = False
             for batch in self.loader:
                 trained_any = True
@@ -163,7 +167,7 @@ class Trainer:
                     self.save()
                 if self.done:
                     break
-            if not trained_any:
+            if not trained_any and fresh_epoch:
                 break  # an empty epoch: nothing more to train on
         if self._pending_windows:  # a partial accumulation left when the data ran out
             self._optimizer_step()
