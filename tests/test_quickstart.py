@@ -135,6 +135,14 @@ def test_fast_quickstart_runs_the_whole_pipeline_and_prints_the_runs_own_figures
     assert _held_out_loss(initial, paths.processed, ids, swap=False) == pytest.approx(held["before"], abs=1e-4)
     assert held["after"] < held["before"]  # it learned something it can use on conversations it never saw
 
+    # the next commands it prints work on what it made
+    monitor = _invoke("monitor", str(paths.run), "--once", "--json")
+    assert monitor.exit_code == 0 and json.loads(monitor.output)["step"] == profile.max_steps
+    resumed = _invoke("resume", str(paths.run), "--max-steps", str(profile.max_steps + 2))
+    assert resumed.exit_code == 0, resumed.output
+    step = profile.max_steps + 2
+    assert json.loads((paths.run / "checkpoints" / f"step_{step}" / "trainer_state.json").read_text())["step"] == step
+
     again = subprocess.run([sys.executable, "-m", "omnittt", "quickstart", "--fast", "--dir", str(root)],
                            capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2 and "--overwrite" in again.stderr + again.stdout

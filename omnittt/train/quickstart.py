@@ -98,7 +98,7 @@ def prepare_directory(root: str | os.PathLike, profile: Profile, overwrite: bool
         shutil.rmtree(paths.root)
     paths.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(paths.root / MARKER, {
-        "profile": profile.name, "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")})
+        "profile": profile.name, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     return paths
 
 
