@@ -2,6 +2,7 @@
 
     python benchmarks/chat.py                        # the table for BENCHMARKS.md (tiny preset, 100 turns)
     python benchmarks/chat.py --turns 30 --window 128 --configs window,full
+    python benchmarks/chat.py --width 512 --layers 8 --audio-seconds 8 --new-tokens 32   # wider layers
 
 Three models, each in a fresh subprocess (so its RSS is its own), same weights seed and the same conversation:
 
@@ -70,7 +71,12 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]
-    overrides = {"attention_window": args.window} if args.worker == "window" else {}
+    overrides: dict = {"attention_window": args.window} if args.worker == "window" else {}
+    if args.width:  # a wider preset: 64-wide heads, GQA 2:1, MLP 2x, TTT in the top half of `--layers`
+        heads = args.width // 64
+        overrides.update(hidden_size=args.width, intermediate_size=2 * args.width, num_attention_heads=heads,
+                         num_key_value_heads=max(1, heads // 2), num_hidden_layers=args.layers,
+                         ttt_layers=list(range(args.layers // 2, args.layers)))
     if args.worker == "baseline":
         overrides["ttt_layers"] = []
     torch.manual_seed(0)
@@ -112,6 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--width", type=int, default=0, help="hidden size (0: the preset's)")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers with --width")
     parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--measure", default="1,10,100", help="turns to time")
     parser.add_argument("--window", type=int, default=256)
@@ -128,7 +136,8 @@ def main() -> None:
 
     rows = []
     passthrough = []
-    for name in ("preset", "turns", "measure", "window", "audio_seconds", "new_tokens", "repeats", "threads", "clock"):
+    for name in ("preset", "width", "layers", "turns", "measure", "window", "audio_seconds", "new_tokens", "repeats",
+                 "threads", "clock"):
         passthrough += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     for config in args.configs.split(","):
         done = subprocess.run([sys.executable, __file__, "--worker", config, *passthrough],
@@ -138,8 +147,9 @@ def main() -> None:
         rows += [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
     print(f"\n{datetime.now(timezone.utc):%Y-%m-%d} · {platform.processor() or platform.machine()} · torch threads "
-          f"{args.threads} · {args.clock} time · preset {args.preset} · {args.turns} turns of {args.audio_seconds} s "
-          f"audio + {args.new_tokens}-token replies · window {args.window}\n")
+          f"{args.threads} · {args.clock} time · preset {args.preset}"
+          f"{f' width {args.width}, {args.layers} layers' if args.width else ''} · {args.turns} turns of "
+          f"{args.audio_seconds} s audio + {args.new_tokens}-token replies · window {args.window}\n")
     print("| model | turn | positions | exchange s | decode step ms | KV | TTT state | mask history | RSS MiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

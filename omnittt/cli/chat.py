@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors, report_user_error
+from omnittt.cli._common import handle_errors, report_user_error, state
 from omnittt.errors import UserError
 
 HELP = """Talk to a trained model; its TTT state carries from turn to turn.
@@ -245,6 +245,13 @@ class Chat:
             signal.signal(signal.SIGINT, lambda *_: self.session.interrupt())
             try:
                 result = self.session.user_turn(on_text=show, **user)
+            except RuntimeError as exc:  # e.g. out of memory: one line, and the session refuses to go on silently
+                if state["verbose"]:
+                    raise
+                raise UserError(f"the model failed during this turn ({exc.__class__.__name__}: "
+                                f"{str(exc).splitlines()[0][:160] if str(exc) else ''})",
+                                fix="/reset or /load a saved conversation; if out of memory, use --attention-window "
+                                    "N or --dtype bfloat16") from None
             finally:
                 signal.signal(signal.SIGINT, previous)
         self.console.print(Text.assemble(prefix, result.text))

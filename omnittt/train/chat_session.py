@@ -168,6 +168,9 @@ class ChatSession:
         self.generation = generation or GenerationSettings()
         self.builder = PromptBuilder(tokenizer, system_prompt)
         self.source = source
+        # what training samples were padded to: the TTT mini-batch (open_chat takes a run's recorded dataset
+        # setting, which for an attention-only baseline is the only place it is kept)
+        self.alignment = int(model.config.text_config.ttt_mini_batch_size)
         self.device = next(model.parameters()).device
         self.cache: TTTCache = model.new_cache()
         self.history: list[dict[str, Any]] = []  # per exchange: user, reply, stop_reason, positions
@@ -266,9 +269,8 @@ class ChatSession:
         alignment pads would, and full attention never sees pads, so that is all it takes. A sliding attention
         window, however, counts the (masked) pad slots training put in the KV: there the pads are fed, masked,
         as training feeds them, so the window holds what it held in training (and TTT sees the same padding)."""
-        text = self.model.config.text_config
-        if text.attention_window:
-            pads = padding_for(self.cache.seen_positions, int(text.ttt_mini_batch_size))
+        if self.model.config.text_config.attention_window:
+            pads = padding_for(self.cache.seen_positions, self.alignment)
             if pads:
                 ids = torch.full((1, pads), self.builder.tokens.pad, dtype=torch.long, device=self.device)
                 self.model(input_ids=ids, attention_mask=torch.zeros_like(ids), past_key_values=self.cache,
@@ -533,13 +535,16 @@ def open_chat(run: str | os.PathLike | None = None, model_dir: str | os.PathLike
         tokenizer = load_tokenizer(path)
     finally:
         hf_logging.set_verbosity(verbosity)
+    alignment = None
     if run is not None:
-        _check_run_settings(find_run_dir(path), model, tokenizer)
+        alignment = _check_run_settings(find_run_dir(path), model, tokenizer)
     if attention_window is not None:
         set_attention_window(model, attention_window)
     feature_extractor = _feature_extractor(path, model)
     settings = generation_defaults(path).with_overrides(generation or {})
     session = ChatSession(model, tokenizer, feature_extractor, settings, system_prompt, source=source.path)
+    if alignment:
+        session.alignment = alignment
     return session, source
 
 
@@ -556,11 +561,13 @@ def _feature_extractor(path: Path, model: Any) -> Any:
     return build_feature_extractor(n_mels)
 
 
-def _check_run_settings(run: Any, model: Any, tokenizer: Any) -> None:
-    """The run recorded the dataset settings it was trained on: refuse a model/tokenizer that disagrees."""
+def _check_run_settings(run: Any, model: Any, tokenizer: Any) -> int | None:
+    """The run recorded the dataset settings it was trained on: refuse a model/tokenizer that disagrees. Returns
+    the alignment (mini-batch size) its samples were padded to, if recorded."""
     from omnittt.train.setup import check_dataset_matches_model
 
     dataset = (run.read_config() or {}).get("dataset") or {}
     if dataset:
         check_dataset_matches_model(dataset, model, tokenizer, f"{run.path} (its training data)")
-
+    mini_batch = dataset.get("mini_batch_size")
+    return int(mini_batch) if mini_batch else None

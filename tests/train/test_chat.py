@@ -399,3 +399,13 @@ def test_interactive_turns_and_commands_keep_going_after_an_error(model_dir):
     assert "unknown command /frobnicate" in result.output and "missing.wav: missing audio" in result.output
     # the loop went on after the errors, and end of input quits
     assert "turn 1 · hello" in result.output and "conversation state: 1 turn," in result.output
+
+
+def test_a_turn_that_fails_inside_generation_blocks_the_session_until_reset(chat):
+    session = chat()
+    with pytest.raises(ValueError):  # transformers refuses a streamer with beam search, after the prompt went in
+        session.user_turn(text="hello", num_beams=2)
+    with pytest.raises(UserError, match="conversation state is unusable"):
+        session.user_turn(text="again")
+    session.reset()
+    assert session.user_turn(text="again").positions > 0
