@@ -52,6 +52,7 @@ class Quickstart:
         self.console = console
         self.record = Record(profile=profile.name, dir=str(paths.root))
         self.held_out = HeldOut()
+        self.trainer: Any = None  # set when training starts
         self.steps: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = [
             ("corpus", "a synthetic spoken-dialogue corpus (espeak-ng)", self.corpus),
             ("preprocess", "omnittt preprocess synthetic", self.preprocess),
@@ -140,6 +141,8 @@ class Quickstart:
         return {"stages": {plan.stage.name: len(plan.items) for plan in plans}}
 
     def train(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
         from omnittt.cli.train import run_prepared
         from omnittt.train.quickstart import train_command, train_settings
         from omnittt.train.setup import start_run
@@ -150,14 +153,14 @@ class Quickstart:
         def prepare(console: Any) -> Any:
             prepared = start_run(settings, console=console)
             self.trainer = prepared.trainer
-            self.held_out.measure(prepared.trainer, "before")  # the same model before its first step
+            self.held_out.measure_before(prepared.trainer)  # the same model before its first step
             return prepared
 
         run_prepared(prepare)
         with self.console.status("held-out loss after training, own and swapped speech ..."):
-            self.held_out.measure(self.trainer, "after")
+            self.held_out.measure_after(self.trainer)
         self.render_held_out()
-        self.record.held_out = self.held_out.__dict__.copy()
+        self.record.held_out = asdict(self.held_out)
         return {"steps": self.trainer.step, "positions": self.trainer.state.tokens,
                 "skipped_windows": self.trainer.state.skipped, "checkpoint": str(self.trainer.last_checkpoint)}
 

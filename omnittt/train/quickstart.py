@@ -155,17 +155,18 @@ class HeldOut:
     after: float | None = None
     after_swapped: float | None = None
 
-    def measure(self, trainer: Any, when: str) -> None:
-        """`trainer.validate()` on its held-out conversations, then with speech swapped between them."""
-        if when == "before":
-            self.conversation_ids = [c.conversation_id for c in trainer.val_loader.dataset.conversations]
-            self.before = trainer.validate()
-            self.before_swapped = trainer.validate(swap_speech=True)
-        else:
-            # the trainer's own final validation (the figure in metrics.jsonl), when it ran one
-            self.after = trainer.last_val_loss if trainer.last_val_loss is not None else trainer.validate()
-            self.after_swapped = trainer.validate(swap_speech=True)
-            trainer.last_val_loss = self.after
+    def measure_before(self, trainer: Any) -> None:
+        """`trainer.validate()` on its held-out conversations before the first optimizer step, then with the
+        speech swapped between them."""
+        self.conversation_ids = [c.conversation_id for c in trainer.val_loader.dataset.conversations]
+        self.before = trainer.validate()
+        self.before_swapped = trainer.validate(swap_speech=True)
+
+    def measure_after(self, trainer: Any) -> None:
+        """The trainer's own final validation (the figure in metrics.jsonl), then with the speech swapped."""
+        self.after = trainer.last_val_loss if trainer.last_val_loss is not None else trainer.validate()
+        self.after_swapped = trainer.validate(swap_speech=True)
+        trainer.last_val_loss = self.after
 
     def verdicts(self) -> list[str]:
         """What the figures show, in words, from the figures alone."""
