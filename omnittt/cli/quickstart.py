@@ -53,7 +53,7 @@ class Quickstart:
         self.record = Record(profile=profile.name, dir=str(paths.root))
         self.held_out = HeldOut()
         self.trainer: Any = None  # set when training starts
-        self.steps: list[tuple[str, str, Callable[[], dict[str, Any] | None]]] = [
+        self.steps: list[tuple[str, str, Callable[[], dict[str, Any]]]] = [
             ("corpus", "a synthetic spoken-dialogue corpus (espeak-ng)", self.corpus),
             ("preprocess", "omnittt preprocess synthetic", self.preprocess),
             ("validate", "omnittt validate", self.validate),
@@ -77,8 +77,8 @@ class Quickstart:
             self.console.rule(f"[bold]{number}/{len(self.steps)} {name}[/bold] [dim]{title}[/dim]", align="left")
             started = time.perf_counter()
             details = step()
-            status = (details or {}).pop("status", "done")
-            self.record.step(name, status, time.perf_counter() - started, **(details or {}))
+            status = details.pop("status", "done")
+            self.record.step(name, status, time.perf_counter() - started, **details)
             self.record.write(self.paths)
         self.finish()
 
