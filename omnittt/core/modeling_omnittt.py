@@ -157,6 +157,11 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask, labels=labels, num_positions=num_positions,
         )
 
+    def enable_ttt_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each decoder layer in backward with the cache passed through (never transformers'
+        `gradient_checkpointing_enable()`, which drops the cache and cuts the TTT state between exchanges)."""
+        self.language_model.enable_ttt_checkpointing(enabled)
+
     def new_cache(self) -> Any:
         """An empty `TTTCache` for a new batch of conversations (exchange 0)."""
         return TTTCache(self.config.text_config)

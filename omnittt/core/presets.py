@@ -79,6 +79,9 @@ TINY_WHISPER: dict[str, Any] = {
     "max_source_positions": 1500,  # the 30 s window, as every preset
     "decoder_layers": 1,
     "decoder_attention_heads": 2,
+    # With Whisper's default 0.02 init a random encoder's output is dominated by its positional embedding (two
+    # different sounds differ by ~1%), so a frozen tiny encoder could not tell speech apart; 0.1 gives ~25%.
+    "init_std": 0.1,
 }
 
 
