@@ -70,7 +70,7 @@ class _GeluWithGrad(torch.autograd.Function):
     A Function of its own so that backward keeps only x, not the ~8 intermediates of [b, 4f] autograd would keep."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(x)
         t, du = _tanh_u(x)
         half = 0.5 + 0.5 * t
@@ -78,7 +78,7 @@ class _GeluWithGrad(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_gelu: Tensor, grad_dgelu: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad_gelu: Tensor, grad_dgelu: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
         t, du = _tanh_u(x)
         sech2 = 1 - t * t
