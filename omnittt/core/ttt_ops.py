@@ -203,6 +203,8 @@ def _scan(step: Callable, state: tuple[Tensor, ...], inputs: tuple[Tensor, ...],
     (0 = keep everything). Inputs are unbound and outputs stacked, never indexed or written per step: per-step
     indexing makes autograd materialise a full-size gradient per mini-batch, a backward quadratic in length."""
     n_mb = inputs[0].shape[1]
+    if n_mb == 0:  # nothing to learn from: the state passes through
+        return state, inputs[0].new_zeros(inputs[0].shape)
     remat = group_size > 0 and torch.is_grad_enabled()
     chunks = zip(*(x.split(min(group_size, n_mb) if remat else n_mb, dim=1) for x in inputs), strict=True)
     n_state = len(state)

@@ -438,6 +438,15 @@ def test_inner_loss_counts_only_weighted_tokens():
     assert torch.equal(inner_loss(params, k, v, *ln, kind="linear", weights=weights * 0), torch.zeros_like(masked))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_full_mini_batch_passes_the_state_through(kind):
+    x = {k: (v.detach()[:, :, :0] if k in ("XK", "XQ", "XV", "eta") else v.detach())
+         for k, v in make_inputs(kind).items()}
+    state, z = run_op(kind, x)
+    assert z.shape == x["XQ"].shape
+    assert all(torch.equal(p, x[f"{k}_init"]) for k, p in zip(KEYS[kind], state, strict=True))
+
+
 def test_shape_errors_are_clear():
     x = {k: v.detach() for k, v in make_inputs("mlp").items()}
     with pytest.raises(ValueError, match="eta must be"):
