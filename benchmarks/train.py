@@ -22,6 +22,7 @@ VARIANTS = {
     "ttt [2,3]": {"ttt_layers": [2, 3]},
     "attention only": {"ttt_layers": []},
     "attention window 512": {"ttt_layers": [], "attention_window": 512},
+    "ttt [2,3] + window 512": {"ttt_layers": [2, 3], "attention_window": 512},
 }
 
 
