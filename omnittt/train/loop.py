@@ -17,6 +17,7 @@ because the state is poisoned) and logged; `max_nonfinite_steps` in a row stop t
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -99,6 +100,7 @@ class Trainer:
         total_steps: int,
         accelerator: Any,
         speech_mode: str = "trim",
+        mixed_precision: str = "no",
         extra_pretrained: Iterable[Any] = (),
         state: TrainerState | None = None,
         console: Any = None,
@@ -116,6 +118,7 @@ class Trainer:
         self.total_steps = total_steps
         self.accelerator = accelerator
         self.speech_mode = speech_mode
+        self.mixed_precision = mixed_precision
         self.extra_pretrained = list(extra_pretrained)
         self.state = state or TrainerState(stage=settings.stage, num_threads=torch.get_num_threads())
         self.guard = NonFiniteGuard(settings.max_nonfinite_steps)
@@ -140,6 +143,13 @@ class Trainer:
     def _empty_pending() -> dict[str, Any]:
         return {"loss_sum": 0.0, "targets": 0, "positions": 0, "start": time.perf_counter(), "conversations": [],
                 "turns": []}
+
+    def autocast(self) -> Any:
+        """bf16 autocast for the model's compute (parameters stay float32; the TTT layers keep their inner
+        loop and state in float32 inside it), or nothing."""
+        if self.mixed_precision == "bf16":
+            return torch.autocast(self.accelerator.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     @property
     def step(self) -> int:
@@ -213,7 +223,7 @@ class Trainer:
             step = batch[k]  # loaded and featurised on access: once per exchange
             conversation_ids = list(step["conversation_ids"])
             reset_new_conversations(cache, step["turn_number"])
-            with self.accelerator.autocast():
+            with self.autocast():
                 out = model(**model_inputs(step, device), past_key_values=cache, use_cache=True,
                             collect_ttt_stats=collect and index == len(exchanges) - 1)
             cache = out.past_key_values

@@ -13,7 +13,7 @@ from typing import Any
 from omnittt.config import Settings
 from omnittt.errors import UserError
 
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16")
 
 
 @dataclasses.dataclass

@@ -202,8 +202,10 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
     total_steps = stage_start + stage_steps
 
     speech_mode = model.config.speech_positions
-    accelerator = Accelerator(mixed_precision=_mixed_precision(settings.mixed_precision),
-                              cpu=not torch.cuda.is_available())
+    # autocast is the trainer's own (Trainer.autocast): accelerate's mixed-precision setting is process-wide and
+    # fixed by the first Accelerator, so a second run in one process (tests, quickstart) could not change it
+    mixed_precision = _mixed_precision(settings.mixed_precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState(stage=settings.stage, num_threads=int(threads), stage_start_step=stage_start)
@@ -235,7 +237,7 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
         "conversations": {"train": len(train_ds), "validation": len(val_ds) if val_ds is not None else 0},
         "total_steps": total_steps,
         "learning_rate": base_lr,
-        "mixed_precision": accelerator.mixed_precision,
+        "mixed_precision": mixed_precision,
         "num_threads": int(threads),
         "model_source": str(source) if source is not None else f"preset:{settings.preset}",
         "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -248,7 +250,8 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
     run.write_config(config)
     run.write_model_summary(summary)
     trainer = Trainer(settings, model, optimizer, scheduler, loader, run, total_steps, accelerator,
-                      speech_mode=speech_mode, extra_pretrained=(tokenizer, feature_extractor), state=state,
+                      speech_mode=speech_mode, mixed_precision=mixed_precision,
+                      extra_pretrained=(tokenizer, feature_extractor), state=state,
                       console=console, val_loader=val_loader)
     if trainer_state is not None:
         trainer.metrics.drop_after(state.step)

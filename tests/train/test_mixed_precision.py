@@ -13,7 +13,7 @@ from omnittt.train.setup import start_run
 
 def test_bf16_autocast_keeps_the_ttt_state_float32(synthetic_data, tmp_path):
     trainer = start_run(tiny_settings(synthetic_data, tmp_path / "run", max_steps=2, mixed_precision="bf16")).trainer
-    assert trainer.accelerator.mixed_precision == "bf16"
+    assert trainer.mixed_precision == "bf16"
     model = trainer.accelerator.unwrap_model(trainer.model)
     seen: dict[str, torch.dtype] = {}
     attention = model.language_model.model.layers[0].self_attn.q_proj
