@@ -240,7 +240,7 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
         "mixed_precision": mixed_precision,
         "num_threads": int(threads),
         "model_source": str(source) if source is not None else f"preset:{settings.preset}",
-        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     run.create()
     if chained and run.config_path.is_file():  # keep the finished stage's configuration beside the new one
