@@ -339,11 +339,16 @@ def test_ttt_state_stays_float32_under_bf16_build_and_backward_reaches_everythin
 # -- the model must use the speech ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fits_two_conversations_that_differ_only_in_speech(builder):
-    """Same text before every reply, different speech and replies. A model blind to the speech could still cut
-    the mean loss a lot (only the reply's first token is ambiguous, ln 2), so besides the >= 90% fall of each
-    conversation's loss, the first reply token of every exchange must be predicted with p > 0.9: only the
-    speech tells the two conversations apart there (exchange 0's two turns even have the same length, so not
-    even positions differ)."""
+    """Same text before every reply, different speech and replies: each conversation's loss must fall >= 90%
+    within 200 steps. A model blind to the speech could still do that (only the reply's first token is
+    ambiguous, ln 2), so the first reply token of every exchange is also checked for p > 0.9: in exchange 0 only
+    the speech tells the two conversations apart (both turns even have the same length).
+
+    Everything trains here, the encoder included: with the tiny preset's frozen *random* encoder (the default is
+    frozen, meant for pretrained Whisper) the loss criterion is met (~40 steps) but exchange 0's first token stays
+    at p = 0.5 after 200 steps (measured): random frozen features differ too little (cosine ~0.97 between the
+    two sounds) for the model to pick up. With the encoder trained: -90% at ~40 steps, speech token p > 0.9 at
+    ~150 steps, ~25 s on 2 CPU cores."""
     torch.manual_seed(0)
     model = build_model("tiny")  # default mini-batch size 64
     mb = model.config.text_config.ttt_mini_batch_size
@@ -369,9 +374,8 @@ def test_fits_two_conversations_that_differ_only_in_speech(builder):
                       s["labels"], s["num_positions"])[2]
         for s in steps
     ]
-    optimizer = torch.optim.AdamW([{"params": g["params"]} for g in parameter_groups(model, "ttt,projector,llm")],
-                                  lr=3e-3)
-    first, steps_taken = None, 0
+    optimizer = torch.optim.AdamW([{"params": g["params"]} for g in parameter_groups(model, "all")], lr=3e-3)
+    first, steps_taken, loss_met_at = None, 0, None
     for steps_taken in range(200):  # noqa: B007 (reported below)
         optimizer.zero_grad()
         cache, loss, rows, first_token = None, 0.0, torch.zeros(2), []
@@ -385,11 +389,15 @@ def test_fits_two_conversations_that_differ_only_in_speech(builder):
                 target = int((labels[row] != IGNORE_INDEX).nonzero()[0])
                 first_token.append(torch.log_softmax(logits[row, target - 1], -1)[labels[row, target]].exp())
         first = rows if first is None else first
-        if (rows <= 0.1 * first).all() and min(first_token) > 0.9:
+        if loss_met_at is None and (rows <= 0.1 * first).all():
+            loss_met_at = steps_taken
+        if loss_met_at is not None and min(first_token) > 0.9:
             break
         loss.backward()
         optimizer.step()
-    assert (rows <= 0.1 * first).all(), (first, rows)
-    assert min(first_token) > 0.9, first_token
-    print(f"per-conversation loss {first.tolist()} -> {rows.tolist()} after {steps_taken} steps; "
-          f"p(first reply token) {[round(float(p), 3) for p in first_token]}")
+    report = (f"per-conversation loss {first.tolist()} -> {rows.tolist()}, -90% reached at step {loss_met_at}; "
+              f"p(first reply token) exchange 0, 1 per row: {[round(float(p), 3) for p in first_token]} after "
+              f"{steps_taken} steps")
+    print(report)
+    assert loss_met_at is not None, report
+    assert min(first_token) > 0.9, "the model fits the replies but does not read the speech: " + report
