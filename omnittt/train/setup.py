@@ -263,6 +263,9 @@ def start_run(settings: TrainSettings, overwrite: bool = False, console: Any = N
     """`omnittt train`: a new run (from a preset, a model directory, or `resume_from` for transfer), or the next
     curriculum stage of a run whose previous stage finished (same run directory)."""
     settings.require_model()
+    # absolute paths in config.yaml, so `omnittt resume` works from any directory
+    settings = settings.with_overrides({key: str(Path(value).resolve()) for key in ("data", "model", "resume_from")
+                                        if (value := getattr(settings, key))})
     run = RunDir(settings.run_dir)
     chain_from = None
     if run.latest_path.exists() or run.metrics_path.exists():
