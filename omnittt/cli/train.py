@@ -88,6 +88,8 @@ def register(app: typer.Typer) -> None:
             "allow_skip": allow_skip or None, "reset_optimizer": reset_optimizer or None,
             "reset_step": reset_step or None,
         }
+        if preset is not None or model is not None:  # a model flag replaces the config file's model choice
+            settings.preset, settings.model = preset, _str(model)
         settings = settings.with_overrides(flags).with_overrides(parse_dotted_overrides(overrides))
         if (settings.reset_optimizer or settings.reset_step) and not settings.resume_from:
             raise UserError("--reset-optimizer / --reset-step need --resume-from CKPT",

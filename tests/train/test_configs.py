@@ -1,5 +1,6 @@
-"""Every file in configs/ resolves to TrainSettings, and the tiny one trains a step on the tiny preset with its own
-non-model settings (data and run directory pointed at test folders, mini-batch matched to the test data)."""
+"""Every file in configs/ resolves to TrainSettings; the tiny one trains a step with its own settings (data and run
+directory pointed at test folders, whole conversations); slow tier: the 8B ones build on meta with the summary
+asserted, and every other config runs a step on the tiny preset with its non-model settings."""
 
 from __future__ import annotations
 
@@ -26,6 +27,43 @@ def test_tiny_config_trains_a_step(synthetic_data, tmp_path):
     assert settings.ttt_mini_batch_size == MINI_BATCH
     settings = settings.with_overrides({"data": str(synthetic_data), "run": str(tmp_path / "run"), "stage": "none",
                                         "max_steps": 1, "progress": False})
+    start_run(settings).trainer.fit()
+    steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("event") is None]
+    assert steps == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name.startswith("llama-omni-8b")], ids=lambda p: p.name)
+def test_8b_config_builds_on_meta_with_its_summary(path):
+    from omnittt.config import model_overrides
+    from omnittt.core.presets import build_model, model_summary
+
+    settings = TrainSettings.load_yaml(path)
+    model = build_model(settings.preset, device="meta", **model_overrides(settings))
+    summary = model_summary(model)
+    assert summary["ttt_layers"] == settings.ttt_layers == list(range(24, 32))
+    assert summary["num_layers"] == 32 and summary["num_key_value_heads"] == 8
+    assert summary["ttt_mini_batch_size"] == settings.ttt_mini_batch_size
+
+
+NON_MODEL_TEST_OVERRIDES = {"stage": "none", "max_steps": 1, "progress": False, "mixed_precision": "no",
+                            "ttt_mini_batch_size": MINI_BATCH, "batch_size": 1}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "tiny.yaml"], ids=lambda p: p.name)
+def test_other_configs_run_a_step_on_tiny(path, synthetic_data, tmp_path):
+    """The config's non-model settings (groups, TBPTT, accumulation, checkpointing, schedule, transfer flags) on the
+    tiny preset and the test data; a fine-tune config starts from a tiny checkpoint made here."""
+    settings = TrainSettings.load_yaml(path)
+    changes = {**NON_MODEL_TEST_OVERRIDES, "preset": "tiny", "data": str(synthetic_data), "run": str(tmp_path / "run")}
+    if settings.resume_from:
+        source = TrainSettings(preset="tiny", data=str(synthetic_data), run=str(tmp_path / "source"),
+                               **NON_MODEL_TEST_OVERRIDES)
+        start_run(source).trainer.fit()
+        changes["resume_from"] = str(tmp_path / "source")
+    settings = settings.with_overrides(changes)
+    settings.ttt_layers = None  # the tiny preset's own TTT layers
     start_run(settings).trainer.fit()
     steps = [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("event") is None]
     assert steps == [1]
