@@ -344,11 +344,10 @@ def test_fits_two_conversations_that_differ_only_in_speech(builder):
     ambiguous, ln 2), so the first reply token of every exchange is also checked for p > 0.9: in exchange 0 only
     the speech tells the two conversations apart (both turns even have the same length).
 
-    Everything trains here, the encoder included: with the tiny preset's frozen *random* encoder (the default is
-    frozen, meant for pretrained Whisper) the loss criterion is met (~40 steps) but exchange 0's first token stays
-    at p = 0.5 after 200 steps (measured): random frozen features differ too little (cosine ~0.97 between the
-    two sounds) for the model to pick up. With the encoder trained: -90% at ~40 steps, speech token p > 0.9 at
-    ~150 steps, ~25 s on 2 CPU cores."""
+    The encoder stays frozen (the default). Measured: with Whisper's default init (0.02) or 0.1 for the tiny
+    random encoder, the loss criterion is met (~40 steps) but exchange 0's first token stays at p = 0.5 after 200
+    steps (the random features of the two sounds are too alike); the tiny preset's init_std 0.2 makes both hold
+    by ~70 steps."""
     torch.manual_seed(0)
     model = build_model("tiny")  # default mini-batch size 64
     mb = model.config.text_config.ttt_mini_batch_size
@@ -374,7 +373,8 @@ def test_fits_two_conversations_that_differ_only_in_speech(builder):
                       s["labels"], s["num_positions"])[2]
         for s in steps
     ]
-    optimizer = torch.optim.AdamW([{"params": g["params"]} for g in parameter_groups(model, "all")], lr=3e-3)
+    optimizer = torch.optim.AdamW([{"params": g["params"]} for g in parameter_groups(model, "ttt,projector,llm")],
+                                  lr=3e-3)
     first, steps_taken, loss_met_at = None, 0, None
     for steps_taken in range(200):  # noqa: B007 (reported below)
         optimizer.zero_grad()
