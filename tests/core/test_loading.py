@@ -17,8 +17,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from omnittt.core.constants import SPEECH_TOKEN_INDEX
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.loading import detect_layout, load_model
-from omnittt.core.modeling_omnittt import TTT_STATE_PARAMS
-from omnittt.core.presets import build_model
+from omnittt.core.modeling_omnittt import TTT_STATE_PARAMS, OmniTTTForCausalLM
+from omnittt.core.presets import build_model, model_summary
 from omnittt.errors import UserError
 
 N_MELS, D, HEADS, ENC_LAYERS = 16, 40, 2, 2  # whisper encoder (tiny)
@@ -252,3 +252,35 @@ def test_clear_errors_for_bad_directories(tmp_path, released):
     torch.save({"dims": {}, "model_state_dict": {}, "x": object()}, evil)  # needs pickle execution
     with pytest.raises(UserError, match="not a loadable openai-whisper checkpoint"):
         load_model(released["dir"], speech_encoder=evil)
+
+
+def test_the_published_config_converts_to_the_8b_shapes():
+    """ICTNLP/Llama-3.1-8B-Omni's config.json (as published) + large-v3's dims, without weights."""
+    from omnittt.core.loading import _released_config, whisper_config_from_dims
+
+    published = {
+        "architectures": ["OmniSpeech2SLlamaForCausalLM"], "model_type": "omni_speech2s_llama",
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "max_position_embeddings": 131072, "rope_theta": 500000.0,
+        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009], "tie_word_embeddings": False,
+        "vocab_size": 128256, "speech_encoder": "models/speech_encoder/large-v3.pt", "speech_encoder_type": "whisper",
+        "speech_encoder_ds_rate": 5, "speech_encoder_hidden_size": 1280, "speech_projector_type": "linear",
+        "ctc_upsample_factor": 25, "tokenizer_model_max_length": 2048, "torch_dtype": "float16",
+    }
+    large_v3 = {"n_mels": 128, "n_audio_ctx": 1500, "n_audio_state": 1280, "n_audio_head": 20, "n_audio_layer": 32,
+                "n_vocab": 51866, "n_text_ctx": 448, "n_text_state": 1280, "n_text_head": 20, "n_text_layer": 32}
+    speech = whisper_config_from_dims(large_v3)
+    projector = {"speech_projector.linear1.weight": torch.empty(2048, 6400, device="meta")}
+    config = _released_config(published, speech, projector, {})
+    text = config.text_config
+    assert text.ttt_layers == list(range(24, 32)) and config.speech_positions == "full"
+    assert (text.num_key_value_heads, text.rope_parameters["rope_type"], text.rope_parameters["rope_theta"]) == (
+        8, "llama3", 500000.0)
+    assert config.speech_ds_rate == 5 and config.speech_projector_dim == 2048
+    assert (speech.d_model, speech.encoder_layers, speech.encoder_ffn_dim, speech.num_mel_bins) == (1280, 32, 5120, 128)
+    with torch.device("meta"):
+        model = OmniTTTForCausalLM(config)
+    params = model_summary(model)["parameters"]
+    assert 7.9e9 < params["llm_total"] < 8.1e9 and 0.62e9 < params["encoder"] < 0.66e9
