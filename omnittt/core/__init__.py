@@ -7,8 +7,7 @@ Names are imported lazily so that `import omnittt.core` stays cheap for the part
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from omnittt._lazy import lazy_exports
 
 # public name -> module (relative to omnittt.core) that defines it
 _EXPORTS: dict[str, str] = {
@@ -83,17 +82,4 @@ _EXPORTS: dict[str, str] = {
     "LoadReport": "loading",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'omnittt.core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"omnittt.core.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,8 +5,7 @@ Names are imported lazily: the monitor's reader side needs no torch, the writer 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from omnittt._lazy import lazy_exports
 
 # public name -> module (relative to omnittt.inspect) that defines it
 _EXPORTS: dict[str, str] = {
@@ -30,17 +29,4 @@ _EXPORTS: dict[str, str] = {
     "SCHEMA_VERSION": "schemas",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'omnittt.inspect' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"omnittt.inspect.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
