@@ -4,7 +4,6 @@ uses a real SIGKILL from the fault point, the slow one a SIGKILL from outside at
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from digests import sample_hashes
 from fake_corpora import make_deepdialogue, write_dialogue
 
 from omnittt.data.preprocess import InjectedFault, PreprocessOptions, preprocess
@@ -25,15 +24,7 @@ def digest(out: Path) -> dict:
     """Everything a rerun must reproduce: per sample id, a hash of its content; the index, manifest and
     errors (paths in the index included)."""
     ds = open_dataset(out)
-    hashes = []
-    for entry in ds.index:
-        sample = ds.load(entry)
-        h = hashlib.sha256()
-        for key in sorted(sample):
-            value = sample[key]
-            h.update(key.encode())
-            h.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
-        hashes.append((entry["sample_id"], h.hexdigest()))
+    hashes = sample_hashes(ds)
     errors = (out / "errors.jsonl").read_text()
     stats = {k: v for k, v in ds.stats.items() if k not in ("elapsed_sec", "x_real_time", "resumed_from_dialogue")}
     files = sorted(p.relative_to(out).as_posix() for p in (out / "samples").rglob("*") if p.is_file())

@@ -3,13 +3,12 @@ sample content hashes, index, manifest, errors, statistics); the merge refuses w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from digests import sample_hashes
 from fake_corpora import make_deepdialogue, write_dialogue
 from source_corpora import make_commonvoice, make_librispeech
 from typer.testing import CliRunner
@@ -26,15 +25,7 @@ TIMING = ("elapsed_sec", "x_real_time", "resumed_from_dialogue", "merged_from", 
 
 def digest(out: Path) -> dict:
     ds = open_dataset(out)
-    hashes = []
-    for entry in ds.index:
-        sample = ds.load(entry)
-        h = hashlib.sha256()
-        for key in sorted(sample):
-            value = sample[key]
-            h.update(key.encode())
-            h.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else repr(value).encode())
-        hashes.append((entry["sample_id"], h.hexdigest()))
+    hashes = sample_hashes(ds)
     stats = {k: v for k, v in ds.stats.items() if k not in TIMING}
     return {"hashes": hashes, "index": ds.index, "manifest": ds.manifest, "stats": stats,
             "errors": (out / "errors.jsonl").read_text()}
