@@ -27,10 +27,22 @@ def register(app: typer.Typer) -> None:
         save_every: int = typer.Option(None, "--save-every", help="Checkpoint every N optimizer steps."),
         overrides: list[str] = typer.Option([], "--set", help="Change a setting as key=value (repeatable; "
                                             "anything but the model and data keeps the run exact)."),
+        num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (a run trained "
+                                          "with several can continue in one, or in another count)."),
     ) -> Any:
         from omnittt.cli.train import run_prepared
         from omnittt.config import parse_dotted_overrides
+        from omnittt.train.distributed import launch, launched
         from omnittt.train.setup import resume_run
 
+        if num_processes != 1 and not launched():
+            argv = ["resume", str(run), "--num-processes", str(num_processes)]
+            argv += [arg for key, value in (("--max-steps", max_steps), ("--save-every", save_every))
+                     if value is not None for arg in (key, str(value))]
+            argv += [arg for item in overrides for arg in ("--set", item)]
+            from omnittt.cli.train import exit_with
+
+            exit_with(launch(argv, num_processes))
+            return
         changes = {"max_steps": max_steps, "save_every": save_every, **parse_dotted_overrides(overrides)}
         run_prepared(lambda console: resume_run(str(run), changes, console=console))

@@ -17,6 +17,8 @@ HELP = (
     "Curriculum: `--stage 16k` with the same --run continues from the finished 8k stage's final checkpoint "
     "(weights and step count carry on; the 16k sessions and learning rate are new).\n\n"
     "Settings: defaults < --config FILE.yaml < flags < --set key=value.\n\n"
+    "Several processes: --num-processes N runs N data-parallel processes through `accelerate launch` (one per "
+    "GPU; gloo on CPU), each on its own conversations; only the first writes the run directory.\n\n"
     "Example: [bold]omnittt train --preset tiny --data processed_data --stage 8k --max-steps 200[/bold]"
 )
 
@@ -63,6 +65,10 @@ def register(app: typer.Typer) -> None:
         reset_step: bool = typer.Option(False, "--reset-step", help="With --resume-from: step and schedule from 0."),
         overrides: list[str] = typer.Option([], "--set", help="Any setting as key=value (repeatable)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --run."),
+        num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (through "
+                                          "`accelerate launch`; one per GPU)."),
+        log_with: str = typer.Option(None, "--log-with", help="Also log step scalars to: tensorboard "
+                                     "(RUN/tensorboard/; needs the tensorboard package)."),
         print_config: bool = typer.Option(False, "--print-config", help="Print the resolved settings and exit."),
     ) -> Any:
         from omnittt.config import parse_dotted_overrides
@@ -86,7 +92,7 @@ def register(app: typer.Typer) -> None:
             "gradient_checkpointing": gradient_checkpointing, "val_conversations": val_conversations,
             "seed": seed, "num_threads": num_threads, "resume_from": _str(resume_from),
             "allow_skip": allow_skip or None, "reset_optimizer": reset_optimizer or None,
-            "reset_step": reset_step or None,
+            "reset_step": reset_step or None, "log_with": log_with,
         }
         if preset is not None or model is not None:  # a model flag replaces the config file's model choice
             settings.preset, settings.model = preset, _str(model)
@@ -100,9 +106,38 @@ def register(app: typer.Typer) -> None:
 
             typer.echo(yaml.safe_dump(settings.to_dict(), sort_keys=False))
             return
+        if num_processes > 1 or num_processes < 1:
+            relaunch_train(settings, num_processes, overwrite)
+            return
         from omnittt.train.setup import start_run
 
         run_prepared(lambda console: start_run(settings, overwrite=overwrite, console=console))
+
+
+def relaunch_train(settings: Any, num_processes: int, overwrite: bool) -> None:
+    """`omnittt train` again in `num_processes` processes, with these resolved settings as its config file
+    (inside a launched process: train here, as one of them)."""
+    import tempfile
+
+    from omnittt.train.distributed import launch, launched
+    from omnittt.train.setup import start_run
+
+    if launched():
+        run_prepared(lambda console: start_run(settings, overwrite=overwrite, console=console))
+        return
+    with tempfile.TemporaryDirectory(prefix="omnittt-launch-") as tmp:
+        config = Path(tmp) / "settings.yaml"
+        settings.dump_yaml(config)
+        argv = ["train", "--config", str(config), "--num-processes", str(num_processes)]
+        exit_with(launch(argv + (["--overwrite"] if overwrite else []), num_processes))
+
+
+def exit_with(code: int) -> None:
+    if code:
+        from omnittt.console import err_console
+
+        err_console.print(f"[red]error:[/red] a training process failed (exit status {code}); see its message above")
+        raise typer.Exit(code)
 
 
 def _str(path: Path | None) -> str | None:
@@ -116,10 +151,17 @@ def run_prepared(prepare: Any) -> None:
     from rich.progress import TextColumn
 
     from omnittt.console import console, make_progress
+    from omnittt.train.distributed import launched
 
     started = time.perf_counter()
-    with console.status("preparing the model and the data ..."):
-        prepared = prepare(console)
+    if launched():  # one of several processes: only the main one talks
+        prepared = prepare(None)
+        if not prepared.trainer.processes.is_main:
+            prepared.trainer.fit(None)
+            return
+    else:
+        with console.status("preparing the model and the data ..."):
+            prepared = prepare(console)
     _print_start(prepared)
     trainer = prepared.trainer
     with make_progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s")) as progress:

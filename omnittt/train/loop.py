@@ -105,11 +105,14 @@ class Trainer:
         state: TrainerState | None = None,
         console: Any = None,
         val_loader: Any = None,
+        processes: Any = None,
     ) -> None:
         from omnittt.inspect.fp32 import FP32Enforcer, find_ttt_modules
         from omnittt.inspect.stats import MetricsLogger, TTTStateLogger
+        from omnittt.train.distributed import Processes
 
         self.settings = settings
+        self.processes = processes or Processes()  # one process unless started by `omnittt train --num-processes`
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -125,6 +128,7 @@ class Trainer:
         if self.state.guard:
             self.guard.load_state_dict(self.state.guard)
         self.metrics = MetricsLogger(run.path)
+        self.scalar_loggers: list[Any] = []  # e.g. TensorBoard (omnittt.train.tensorboard), main process only
         self.ttt_logger = TTTStateLogger(run.path, interval=settings.log_ttt_every, model=model)
         unwrapped = accelerator.unwrap_model(model)
         self.enforcer = FP32Enforcer(unwrapped, auto_fix=True) if find_ttt_modules(unwrapped) else None
@@ -183,10 +187,15 @@ class Trainer:
             self._optimizer_step()
         self.state.finished = True
         if self.last_saved_step == self.step and self.last_checkpoint is not None:
-            atomic_write_json(self.last_checkpoint / TRAINER_STATE_FILE, {**self.trainer_state(), "step": self.step})
+            if self.processes.is_main:
+                atomic_write_json(self.last_checkpoint / TRAINER_STATE_FILE,
+                                  {**self.trainer_state(), "step": self.step})
         else:
             self.save()
-        self.metrics.finish(self.step)
+        if self.processes.is_main:
+            self.metrics.finish(self.step)
+            for logger in self.scalar_loggers:
+                logger.close()
         return self.state
 
     def _checkpoint_due(self) -> bool:
@@ -197,7 +206,9 @@ class Trainer:
         cache = None
         k = self.settings.tbptt_turns
         n = len(batch)
-        for start in range(0, n, k):
+        # every process runs as many windows as the longest batch among them (all-pad ones past its own end)
+        windows = self.processes.max_ints([math.ceil(n / k)])[0]
+        for start in range(0, windows * k, k):
             if self.done:
                 return
             if cache is not None:
@@ -235,10 +246,13 @@ class Trainer:
             turns.append(int(step["turn_number"].max()))
         self.state.windows += 1
         loss = loss_sum / targets if targets else None
-        problems = nonfinite_problems(loss.detach() if loss is not None else None, cache=cache)
+        problems = nonfinite_problems(loss.detach() if loss is not None else None, cache=cache) \
+            if len(exchanges) else []
+        problems = self._agreed(problems)
         if not problems and loss is not None:
             self.accelerator.backward(loss / self.settings.gradient_accumulation)
-            problems = nonfinite_problems(model=model)
+        if not problems:
+            problems = self._agreed(nonfinite_problems(model=model) if loss is not None else [])
         if problems:
             self._skip(problems, conversation_ids, turns)
             return cache, False
@@ -255,9 +269,16 @@ class Trainer:
             self._optimizer_step(cache)
         return cache, True
 
+    def _agreed(self, problems: list[str]) -> list[str]:
+        """This process's problems, or a note when only another process has some: all skip together."""
+        if self.processes.any(bool(problems)) and not problems:
+            return ["non-finite values in another process"]
+        return problems
+
     def _optimizer_step(self, cache: Any = None) -> None:
         settings = self.settings
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.processes.average_gradients(params)
         grad_norm = self.accelerator.clip_grad_norm_(params, settings.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
@@ -266,19 +287,30 @@ class Trainer:
         self.state.step += 1
         pending, self._pending = self._pending, self._empty_pending()
         self._pending_windows = 0
+        if self.processes.multi:  # metrics of the step over all processes
+            pending["loss_sum"], pending["targets"], pending["positions"] = self.processes.sum(
+                [pending["loss_sum"], pending["targets"], pending["positions"]])
+            pending["targets"], pending["positions"] = int(pending["targets"]), int(pending["positions"])
+            pending["conversations"] = sorted(set(self.processes.gather(pending["conversations"])))
+            pending["turns"] = self.processes.gather(pending["turns"])
         self.state.tokens += pending["positions"]
         elapsed = max(time.perf_counter() - pending["start"], 1e-9)
         loss = pending["loss_sum"] / pending["targets"] if pending["targets"] else float("nan")
         tokens_per_s = pending["positions"] / elapsed
         val_loss = self.validate() if self._validation_due() else None
-        self.metrics.log(
-            self.step, loss, lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s,
-            grad_norm=float(grad_norm), stage=self.state.stage, total_steps=self.total_steps,
-            tokens=self.state.tokens,
-            conversation_ids=pending["conversations"], turns=pending["turns"],
-            fp32_drifts=self.fp32_drifts or None, val_loss=val_loss,
-        )
-        if cache is not None and self.ttt_logger.wants(self.step):
+        if self.processes.is_main:
+            self.metrics.log(
+                self.step, loss, lr=self.optimizer.param_groups[0]["lr"], tokens_per_s=tokens_per_s,
+                grad_norm=float(grad_norm), stage=self.state.stage, total_steps=self.total_steps,
+                tokens=self.state.tokens,
+                conversation_ids=pending["conversations"], turns=pending["turns"],
+                fp32_drifts=self.fp32_drifts or None, val_loss=val_loss,
+            )
+            for logger in self.scalar_loggers:
+                logger.log(self.step, {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                                       "tokens_per_s": tokens_per_s, "grad_norm": float(grad_norm),
+                                       "val_loss": val_loss})
+        if cache is not None and self.processes.is_main and self.ttt_logger.wants(self.step):
             self.ttt_logger.log(self.step, cache, extra={"stage": self.state.stage})
         progress, task = self._progress if hasattr(self, "_progress") else (None, None)
         if progress is not None:
@@ -305,8 +337,9 @@ class Trainer:
         self._pending_windows = 0
         self.state.skipped += 1
         reason = "; ".join(problems)
-        self.metrics.log(self.step + 1, float("nan"), stage=self.state.stage, total_steps=self.total_steps,
-                         skipped=reason, conversation_ids=conversation_ids, turns=turns)
+        if self.processes.is_main:
+            self.metrics.log(self.step + 1, float("nan"), stage=self.state.stage, total_steps=self.total_steps,
+                             skipped=reason, conversation_ids=conversation_ids, turns=turns)
         if self.console is not None:
             self.console.print(f"[yellow]skipped a window before step {self.step + 1}:[/yellow] {reason}")
         self.guard.record_skip(self.step + 1, problems)
@@ -325,11 +358,17 @@ class Trainer:
         return self.state.to_dict()
 
     def save(self) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        self.last_checkpoint = save_checkpoint(
-            self.run, self.step, model, self.trainer_state(), optimizer=self.optimizer, scheduler=self.scheduler,
-            extra_pretrained=self.extra_pretrained, keep=self.settings.keep_checkpoints,
-        )
+        """The main process writes the checkpoint (every process holds the same weights, optimizer and data
+        position), the others wait for it."""
+        if self.processes.is_main:
+            model = self.accelerator.unwrap_model(self.model)
+            self.last_checkpoint = save_checkpoint(
+                self.run, self.step, model, self.trainer_state(), optimizer=self.optimizer,
+                scheduler=self.scheduler, extra_pretrained=self.extra_pretrained, keep=self.settings.keep_checkpoints,
+            )
+        else:
+            self.last_checkpoint = self.run.checkpoint_dir(self.step)
+        self.processes.barrier()
         self.last_saved_step = self.step
 
 

@@ -14,6 +14,7 @@ from omnittt.config import Settings
 from omnittt.errors import UserError
 
 MIXED_PRECISION = ("auto", "no", "bf16")
+LOG_WITH = (None, "tensorboard")
 
 
 @dataclasses.dataclass
@@ -68,6 +69,7 @@ class TrainSettings(Settings):
     save_every: int = 100  # optimizer steps; the checkpoint is taken at the next batch end
     keep_checkpoints: int = 3
     progress: bool = True
+    log_with: str | None = None  # also write the step scalars for "tensorboard" (RUN/tensorboard/)
 
     # reproducibility
     seed: int = 0
@@ -87,6 +89,8 @@ class TrainSettings(Settings):
                      "keep_checkpoints", "fp32_check_every", "log_ttt_every", "max_nonfinite_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)})", fix=f"set {name} to 1 or more")
+        if self.log_with not in LOG_WITH:
+            raise UserError(f"log_with {self.log_with!r} is not supported", fix="use --log-with tensorboard")
         if self.val_conversations < 0 or self.eval_every < 0:
             raise UserError("val_conversations and eval_every must be >= 0", fix="use 0 to turn validation off")
         if self.max_steps is not None and self.max_steps < 1:

@@ -139,16 +139,19 @@ def _datasets(settings: TrainSettings) -> tuple[Any, Any | None, Any]:
     return train, val, stage
 
 
-def planned_steps(loader: Any, settings: TrainSettings) -> int:
-    """Optimizer steps of `settings.epochs` passes: one per `gradient_accumulation` TBPTT windows."""
+def planned_steps(loader: Any, settings: TrainSettings, processes: Any = None) -> int:
+    """Optimizer steps of `settings.epochs` passes: one per `gradient_accumulation` TBPTT windows. With several
+    processes each batch runs the most windows any process's batch needs (`omnittt.train.distributed`)."""
     if settings.max_steps is not None:
         return settings.max_steps
-    windows = 0
+    per_batch = []
     for epoch in range(settings.epochs):
         for conv_indices in loader.batch_plan(epoch):
             exchanges = max(loader.dataset[i].num_exchanges for i in conv_indices)
-            windows += math.ceil(exchanges / settings.tbptt_turns)
-    return max(1, math.ceil(windows / settings.gradient_accumulation))
+            per_batch.append(math.ceil(exchanges / settings.tbptt_turns))
+    if processes is not None:
+        per_batch = processes.max_ints(per_batch)
+    return max(1, math.ceil(sum(per_batch) / settings.gradient_accumulation))
 
 
 def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Path | None,
@@ -162,7 +165,9 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
     from omnittt.core.presets import model_summary, parameter_groups
     from omnittt.core.tokenizer import load_tokenizer
     from omnittt.data.dataset import ConversationLoader
+    from omnittt.train.distributed import Processes, rescale_loader_state
 
+    processes = Processes()
     trainer_state = read_trainer_state(resume) if resume is not None else None
     threads = (trainer_state or {}).get("num_threads") or settings.num_threads or torch.get_num_threads()
     torch.set_num_threads(int(threads))
@@ -189,8 +194,9 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
                         f"{model.config.text_config.ttt_layers}", fix="check ttt_layers")
 
     loader = ConversationLoader(train_ds, batch_size=settings.batch_size, shuffle=settings.shuffle,
-                                seed=settings.seed, feature_extractor=feature_extractor)
-    stage_steps = planned_steps(loader, settings)
+                                seed=settings.seed, feature_extractor=feature_extractor,
+                                num_replicas=processes.num_processes, rank=processes.rank)
+    stage_steps = planned_steps(loader, settings, processes)
     scheduler = build_scheduler(optimizer, settings.warmup_steps, stage_steps, settings.min_lr_ratio)
     # the step count carries on across curriculum stages: a stage adds its own steps (--max-steps counts them)
     if trainer_state is not None:
@@ -206,13 +212,17 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
     # fixed by the first Accelerator, so a second run in one process (tests, quickstart) could not change it
     mixed_precision = _mixed_precision(settings.mixed_precision)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if processes.multi:  # gradients are averaged by the trainer, not by a DDP wrapper (omnittt.train.distributed)
+        model = model.to(accelerator.device)
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState(stage=settings.stage, num_threads=int(threads), stage_start_step=stage_start)
     if trainer_state is not None:  # continue exactly
         optimizer.load_state_dict(load_torch_state(resume, OPTIMIZER_FILE))
         scheduler.load_state_dict(load_torch_state(resume, SCHEDULER_FILE))
-        loader.load_state_dict(trainer_state["loader"])
+        loader.load_state_dict(rescale_loader_state(trainer_state["loader"], processes.num_processes))
         state = TrainerState(**trainer_state)
         restore_rng(load_torch_state(resume, RNG_FILE))
     elif chained:
@@ -239,23 +249,31 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
         "learning_rate": base_lr,
         "mixed_precision": mixed_precision,
         "num_threads": int(threads),
+        "num_processes": processes.num_processes,
         "model_source": str(source) if source is not None else f"preset:{settings.preset}",
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    run.create()
-    if chained and run.config_path.is_file():  # keep the finished stage's configuration beside the new one
-        previous_stage = read_trainer_state(source)["stage"]
-        run.config_path.replace(run.path / f"config.{previous_stage}.yaml")
+    if chained:
         config["continued_from"] = str(source)
-    run.write_config(config)
-    run.write_model_summary(summary)
+    if processes.is_main:  # the run directory is the main process's to write
+        run.create()
+        if chained and run.config_path.is_file():  # keep the finished stage's configuration beside the new one
+            previous_stage = read_trainer_state(source)["stage"]
+            run.config_path.replace(run.path / f"config.{previous_stage}.yaml")
+        run.write_config(config)
+        run.write_model_summary(summary)
     trainer = Trainer(settings, model, optimizer, scheduler, loader, run, total_steps, accelerator,
                       speech_mode=speech_mode, mixed_precision=mixed_precision,
                       extra_pretrained=(tokenizer, feature_extractor), state=state,
-                      console=console, val_loader=val_loader)
-    if trainer_state is not None:
+                      console=console, val_loader=val_loader, processes=processes)
+    if settings.log_with and processes.is_main:
+        from omnittt.train.scalars import scalar_logger
+
+        trainer.scalar_loggers.append(scalar_logger(settings.log_with, run.path))
+    if trainer_state is not None and processes.is_main:
         trainer.metrics.drop_after(state.step)
         trainer.ttt_logger.drop_after(state.step)
+    processes.barrier()  # the others start once the run directory is written
     return Prepared(settings, trainer, run, config, summary, resumed_from=resume)
 
 
@@ -272,7 +290,13 @@ def start_run(settings: TrainSettings, overwrite: bool = False, console: Any = N
         if overwrite:
             import shutil
 
-            shutil.rmtree(run.path)
+            from omnittt.train.distributed import Processes
+
+            processes = Processes()
+            processes.barrier()  # every process has looked at the old run before it goes
+            if processes.is_main:
+                shutil.rmtree(run.path)
+            processes.barrier()
         else:
             chain_from = _previous_stage_checkpoint(run, settings)
     elif _previous_stage_name(settings.stage) is not None and not settings.allow_skip:
