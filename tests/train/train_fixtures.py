@@ -7,11 +7,11 @@ from pathlib import Path
 MINI_BATCH = 16
 
 
-def make_dataset(root: Path, dialogues: int) -> Path:
+def make_dataset(root: Path, dialogues: int, recall_exchanges: int = 5) -> Path:
     from omnittt.data.preprocess import PreprocessOptions, preprocess
     from omnittt.data.synthetic import make_synthetic_corpus
 
-    make_synthetic_corpus(root / "corpus", dialogues=dialogues, seed=0, recall_exchanges=5, workers=2)
+    make_synthetic_corpus(root / "corpus", dialogues=dialogues, seed=0, recall_exchanges=recall_exchanges, workers=2)
     preprocess(PreprocessOptions(source="synthetic", input_dir=str(root / "corpus"), output=str(root / "processed"),
                                  mini_batch_size=MINI_BATCH, workers=2))
     return root / "processed"
