@@ -133,6 +133,9 @@ def relaunch_train(settings: Any, num_processes: int, overwrite: bool) -> None:
 
 
 def exit_with(code: int) -> None:
+    """The launched processes' exit status (a user error has already printed its one line)."""
+    if code == 2:
+        raise typer.Exit(code)
     if code:
         from omnittt.console import err_console
 
@@ -197,7 +200,8 @@ def _print_start(prepared: Any) -> None:
                   f"window x {s.gradient_accumulation} windows; warmup {s.warmup_steps}, cosine to "
                   f"{s.min_lr_ratio:g}x"),
         ("numerics", f"mixed precision {config['mixed_precision']}, TTT state float32 (checked every "
-                     f"{s.fp32_check_every} steps), clip {s.max_grad_norm}, {config['num_threads']} threads"),
+                     f"{s.fp32_check_every} steps), clip {s.max_grad_norm}, {config['num_threads']} threads"
+                     + (f" x {config['num_processes']} processes" if config.get("num_processes", 1) > 1 else "")),
         ("saved", f"config.yaml, model_summary.json; checkpoints every {s.save_every} steps "
                   f"(keep {s.keep_checkpoints})"),
     ]

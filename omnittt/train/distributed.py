@@ -59,7 +59,16 @@ def launch(argv: Sequence[str], num_processes: int) -> int:
         raise UserError(f"--num-processes {num_processes} but {torch.cuda.device_count()} GPU(s) are visible",
                         fix="use one process per GPU (CUDA_VISIBLE_DEVICES chooses them)")
     env = {**os.environ, LAUNCHED_ENV: "1"}
-    return subprocess.run(launch_command(argv, num_processes), env=env, check=False).returncode
+    # stderr is held back: when a process stops on a user error, its one line (each process prints the same)
+    # replaces the launcher's page of torchrun tracebacks
+    done = subprocess.run(launch_command(argv, num_processes), env=env, check=False, stderr=subprocess.PIPE,
+                          text=True, errors="replace")
+    user_errors = list(dict.fromkeys(line for line in done.stderr.splitlines() if line.startswith("error:")))
+    if done.returncode and user_errors:
+        sys.stderr.write("\n".join(user_errors) + "\n")
+        return UserError.exit_code
+    sys.stderr.write(done.stderr)
+    return done.returncode
 
 
 class Processes:

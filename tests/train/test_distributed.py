@@ -85,3 +85,13 @@ def test_two_cpu_processes_train_disjoint_conversations_and_resume_in_one(synthe
     records = [r for r in read_jsonl(run / "metrics.jsonl") if r.get("event") is None]
     assert [r["step"] for r in records] == list(range(1, steps + 2))
     assert records[-1]["conversation_ids"] == single[-1] and math.isfinite(records[-1]["loss"])
+
+
+def test_a_user_error_in_the_processes_is_one_line_and_exit_2(synthetic_data, tmp_path):
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(synthetic_data), "--run",
+                                 str(tmp_path / "run"), "--stage", "none", "--max-steps", "1",
+                                 "--num-processes", "2"])  # the tiny preset's b is 64, the data's 16
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"mini-batch size {MINI_BATCH}" in lines[0], result.output
+    assert not (tmp_path / "run" / "checkpoints").exists()
