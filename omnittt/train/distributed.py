@@ -146,6 +146,18 @@ class Processes:
                 offset += n
 
 
+    def check_same_weights(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Before a checkpoint: the trainable weights must be identical on every process (averaged gradients,
+        the same optimizer), or the main process's checkpoint would not stand for the others."""
+        if not self.multi:
+            return
+        fingerprint = [float(sum(p.detach().double().abs().sum() for p in params if p.requires_grad))]
+        values = self.gather(fingerprint)
+        if len(set(values)) > 1:
+            raise RuntimeError(f"the training processes' weights diverged (fingerprints {values}); "
+                               "gradient averaging is broken")
+
+
 def rescale_loader_state(state: dict[str, Any], num_processes: int) -> dict[str, Any]:
     """A loader position saved with R processes, for `num_processes` processes. After n batches each of R
     processes has consumed the first n * R batches of the shared order, so the position carries over whenever

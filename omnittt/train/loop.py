@@ -360,6 +360,7 @@ class Trainer:
     def save(self) -> None:
         """The main process writes the checkpoint (every process holds the same weights, optimizer and data
         position), the others wait for it."""
+        self.processes.check_same_weights(self.model.parameters())
         if self.processes.is_main:
             model = self.accelerator.unwrap_model(self.model)
             self.last_checkpoint = save_checkpoint(
