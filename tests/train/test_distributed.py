@@ -95,3 +95,38 @@ def test_a_user_error_in_the_processes_is_one_line_and_exit_2(synthetic_data, tm
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and f"mini-batch size {MINI_BATCH}" in lines[0], result.output
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_processes_step_like_one_process_accumulating_both_windows(synthetic_data, tmp_path):
+    """Data parallel = gradient accumulation over the same windows: a step of 2 processes on global batches 0
+    and 1 gives the weights and loss of 1 process accumulating 2 windows over those batches (every conversation
+    fits one window here)."""
+    from train_fixtures import tiny_settings
+
+    from omnittt.train.checkpoint import load_weights
+    from omnittt.train.setup import start_run
+
+    common = ["--preset", "tiny", "--data", str(synthetic_data), "--stage", "none", "--ttt-mini-batch-size",
+              str(MINI_BATCH), "--batch-size", "1", "--tbptt-turns", "32", "--max-steps", "1", "--num-threads", "1",
+              "--lr", "3e-3", "--set", "warmup_steps=0"]
+    result = runner.invoke(app, ["train", *common, "--run", str(tmp_path / "two"), "--num-processes", "2"])
+    assert result.exit_code == 0, result.output
+    one = start_run(tiny_settings(synthetic_data, tmp_path / "one", batch_size=1, tbptt_turns=32, max_steps=1,
+                                  lr=3e-3, warmup_steps=0, gradient_accumulation=2)).trainer
+    one.fit()
+
+    def last(run):
+        return [r for r in read_jsonl(run / "metrics.jsonl") if r.get("event") is None][-1]
+
+    two_record, one_record = last(tmp_path / "two"), last(tmp_path / "one")
+    assert two_record["conversation_ids"] == one_record["conversation_ids"]
+    assert two_record["loss"] == pytest.approx(one_record["loss"], rel=1e-6)
+    # the gradient's scale (Adam's first step hides it in the weights): a mean over processes, not a sum
+    assert two_record["grad_norm"] == pytest.approx(one_record["grad_norm"], rel=1e-5)
+    weights = [load_weights(run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip())
+               for run in (tmp_path / "two", tmp_path / "one")]
+    start = start_run(tiny_settings(synthetic_data, tmp_path / "init", max_steps=1)).trainer.model.state_dict()
+    changed = [name for name, tensor in weights[1].items() if not torch.equal(tensor, start[name])]
+    assert changed  # the step moved the trained weights, so equal weights say the two steps agree
+    for name, tensor in weights[0].items():
+        torch.testing.assert_close(tensor, weights[1][name], rtol=1e-5, atol=1e-6)
