@@ -9,16 +9,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
 from omnittt.core.ttt_llama import convert_llama_to_ttt
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B = 8
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

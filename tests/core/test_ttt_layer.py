@@ -10,17 +10,10 @@ from transformers import LlamaConfig
 from omnittt.core.ttt_cache import TTTCache
 from omnittt.core.ttt_layer import TTTMLP, TTTLinear
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 B16 = 16
 KINDS = {"mlp": TTTMLP, "linear": TTTLinear}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_config(b: int = B16, kv_heads: int = 4, hidden: int = 64, heads: int = 4, **extra) -> LlamaConfig:
