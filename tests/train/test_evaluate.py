@@ -213,7 +213,7 @@ def trained_runs(synthetic_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_runs")
     runs = {}
     for name, layers in (("ttt", None), ("attn", [])):
-        settings = tiny_settings(synthetic_data, root / name, max_steps=12, train="all", ttt_layers=layers)
+        settings = tiny_settings(synthetic_data, root / name, max_steps=30, train="all", ttt_layers=layers)
         start_run(settings).trainer.fit()
         runs[name] = root / name
     return runs
@@ -230,7 +230,7 @@ def test_trained_model_vs_baseline_report(trained_runs, synthetic_data, tmp_path
     check_report_finite(report)
     assert [r["name"] for r in report["runs"]] == ["model", "model, TTT reset every turn", "baseline"]
     assert report["runs"][2]["ttt_layers"] == [] and report["runs"][0]["ttt_layers"] == [2, 3]
-    assert report["step"] == report["baseline_step"] == 12
+    assert report["step"] == report["baseline_step"] == 30
     tokens = {r["overall"]["tokens"] for r in report["runs"]}
     assert len(tokens) == 1 and tokens.pop() == len(_independent_positions(_loader(synthetic_data).dataset))
     for run in report["runs"]:
