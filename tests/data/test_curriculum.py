@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
-from h6_fixtures import processed
 
 from omnittt.core.speech import padded_positions, sample_positions
 from omnittt.data.curriculum import STAGES, CurriculumScheduler, Stage, get_stage
@@ -17,16 +15,6 @@ from omnittt.data.dataset import plan_stages
 from omnittt.errors import UserError
 
 SMALL = (Stage("s1", 300, 600, 1e-4), Stage("s2", 600, 1200, 5e-5), Stage("s3", 1200, 2400, 2e-5))
-
-
-@pytest.fixture(scope="session")
-def h6_base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "h6_datasets"
-
-
-@pytest.fixture(scope="session")
-def data(h6_base) -> Path:
-    return processed(h6_base, "synthetic", "pt")
 
 
 @pytest.fixture(scope="session")

@@ -18,16 +18,6 @@ from omnittt.errors import UserError
 PACK = Stage("pack", 600, 1200, 1e-4)
 
 
-@pytest.fixture(scope="session")
-def h6_base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "h6_datasets"
-
-
-@pytest.fixture(scope="session")
-def data(h6_base) -> Path:
-    return processed(h6_base, "synthetic", "pt")
-
-
 def _stored(data: Path) -> dict[str, list[dict]]:
     """conversation id -> its samples in turn order, read straight from the files."""
     convs: dict[str, list[dict]] = {}

@@ -16,13 +16,8 @@ from omnittt.data.validate import CHECKS, validate_dataset
 
 
 @pytest.fixture(scope="session")
-def h6_base(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "h6_datasets"
-
-
-@pytest.fixture(scope="session")
-def clean_pt(h6_base) -> Path:
-    return processed(h6_base, "synthetic", "pt")
+def clean_pt(data) -> Path:
+    return data
 
 
 @pytest.mark.parametrize("source,fmt,mode", [("synthetic", "pt", "trim"), ("deepdialogue", "arrow", "trim"),
