@@ -17,6 +17,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
+from omnittt.core.hf_compat import CACHE_ARG, CACHE_FIELD, output_cache, take_cache
 from omnittt.core.speech import FULL_POSITIONS, SEGMENT_SAMPLES, SPEECH_POSITION_MODES
 from omnittt.core.speech_encoder import SpeechProjector, encode_segments, splice_speech
 from omnittt.core.ttt_cache import TTTCache
@@ -174,16 +175,18 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         feature_lengths: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool | None = None,
         collect_ttt_stats: bool = False,
         num_positions: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Loss = mean cross-entropy over labels != -100 (shifted inside the chunk); logits; the cache that
-        carries TTT state and attention KV into the next call."""
+        carries TTT state and attention KV into the next call (`cache=`; `past_key_values=` is its old name)."""
+        cache = take_cache(cache, past_key_values, kwargs, "OmniTTT")
         if inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids (with -200 speech placeholders) or inputs_embeds")
@@ -197,9 +200,9 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{CACHE_ARG: cache},
             **kwargs,
         )
         logits = outputs.logits
@@ -209,9 +212,9 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            **{CACHE_FIELD: output_cache(outputs)},
         )
 
     @torch.no_grad()
@@ -221,11 +224,12 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         input_features: torch.Tensor | None = None,
         feature_lengths: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cache: Any = None,
         past_key_values: Any = None,
         **generate_kwargs: Any,
     ) -> Any:
         """Generate the assistant reply after a prompt that ends with the assistant header, continuing
-        `past_key_values` (the conversation's `TTTCache`, updated in place; a new one when None). Takes the
+        `cache` (the conversation's `TTTCache`, updated in place; a new one when None). Takes the
         usual `generate()` keywords (greedy, sampling, beams, streamer, ...) and returns the new tokens only
         (or the output object with `.sequences` cut the same way). Rows of a batch must be left-padded.
 
@@ -235,13 +239,14 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
             raise ValueError("generation prompts must end with a real token in every row (left-pad the batch)")
         if bool((input_ids[:, -1] == SPEECH_TOKEN_INDEX).any()):
             raise ValueError("a generation prompt ends with the assistant header, not a speech placeholder")
-        cache = past_key_values if past_key_values is not None else self.new_cache()
+        cache = take_cache(cache, past_key_values, generate_kwargs, "OmniTTT.generate")
+        cache = cache if cache is not None else self.new_cache()
         # The prompt (with its speech) goes through our forward; generate() continues from its last token,
         # with dummy ids standing for the positions the cache already holds (generate() skips cached ones).
         if input_ids.shape[1] > 1:
             head_mask = attention_mask[:, :-1] if attention_mask is not None else None
             self(input_ids=input_ids[:, :-1], input_features=input_features, feature_lengths=feature_lengths,
-                 attention_mask=head_mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                 attention_mask=head_mask, cache=cache, use_cache=True, logits_to_keep=1)
         elif input_features is not None:
             raise ValueError("speech features were given but the prompt has no room for a placeholder")
         seen = cache.get_seq_length()
@@ -250,7 +255,7 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         ids = torch.cat([input_ids.new_full((batch, seen), pad), input_ids[:, -1:]], dim=1)
         generate_kwargs.setdefault("pad_token_id", pad)
         output = self.language_model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=cache, **generate_kwargs
+            input_ids=ids, attention_mask=torch.ones_like(ids), **{CACHE_ARG: cache}, **generate_kwargs
         )
         if isinstance(output, torch.Tensor):
             return output[:, seen + 1:]

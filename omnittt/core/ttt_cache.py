@@ -50,6 +50,10 @@ def _kv_detach(layer: DynamicLayer) -> None:
         layer.values = layer.values.detach()
 
 
+class StreamNotAdvancedError(RuntimeError):
+    """A forward did not advance the TTT cache it was given (the state would silently not carry)."""
+
+
 class TTTCacheLayer(LinearAttentionCacheLayerMixin):
     """Cache of one TTT layer (and, in `gated` mode, of the attention it keeps, in `kv`).
 
@@ -79,6 +83,7 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
         self.offset = 0  # stream position % b, shared by every row (mini-batch boundaries are batched)
         self.reset_rows: torch.Tensor | None = None
         self.stats: dict | None = None
+        self.positions_fed = 0  # every position this layer consumed since the last full reset (the stream guard)
 
     def __repr__(self) -> str:
         return f"TTTCacheLayer(kv={self.kv!r})" if self.kv is not None else "TTTCacheLayer"
@@ -121,6 +126,19 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
             )
         self.has_previous_state[0] = self.state is not None
 
+    def advance(self, state: dict[str, torch.Tensor], grads: dict[str, torch.Tensor] | None,
+                pending_eta: torch.Tensor | None, length: int) -> None:
+        """Store the state after `length` more stream positions: `state` at the last completed mini-batch and the
+        unfinished mini-batch's gradient sum `grads` (None on a boundary) with the eta its commit will use."""
+        self.state, self.grads = state, grads
+        self.pending_eta = pending_eta if grads is not None else None
+        self.reset_rows = None
+        self.stream_position = self.stream_position + length
+        self.offset = (self.offset + length) % self.mini_batch_size
+        self.positions_fed += length
+        self.has_previous_state[0] = True
+        self.stats = None
+
     def commit_pending(self) -> None:
         """Commit the unfinished mini-batch exactly as padding would (eta row of its last real token)."""
         if self.grads is not None:
@@ -140,7 +158,7 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
         if rows is None or self.stream_position is None:
             self.state = self.grads = self.pending_eta = self.stream_position = self.reset_rows = None
             self.stats = None
-            self.offset = 0
+            self.offset = self.positions_fed = 0
             self.has_previous_state[0] = False
             if self.kv is not None:
                 self.kv.reset()
@@ -316,6 +334,27 @@ class TTTCache(Cache):
             self.attention_mask_history = torch.cat([history, chunk], dim=1)
         self.seen_positions += chunk.shape[1]
 
+    # -- the stream guard
+    def progress(self) -> tuple[int, ...]:
+        """Positions fed so far: to the model (`seen_positions`), then to each TTT layer. Two readings around a
+        forward tell whether the stream advanced (`check_advanced`)."""
+        return (self.seen_positions, *(layer.positions_fed for _, layer in self.ttt_layers()))
+
+    def check_advanced(self, before: tuple[int, ...], fed: int | None = None) -> None:
+        """Raise `StreamNotAdvancedError` unless the model and every TTT layer consumed `fed` more positions since
+        the reading `before` (`fed` None: the same positive number everywhere). A model that ignores its cache
+        argument leaves the cache as it was and would silently start every exchange from the initial state."""
+        after = self.progress()
+        deltas = [a - b for a, b in zip(after, before, strict=True)]
+        ok = all(d == fed for d in deltas) if fed is not None else len(set(deltas)) == 1 and deltas[0] > 0
+        if not ok:
+            raise StreamNotAdvancedError(
+                f"the TTT cache did not advance by the positions fed ({'a positive number' if fed is None else fed}"
+                f"; model, then TTT layers: {before} -> {after}): the model did not read its cache, so the TTT "
+                "state would not carry between exchanges. Is the installed transformers release a supported one "
+                "(see pyproject.toml)?"
+            )
+
     # -- conversation control
     def reset(self, batch_index: int | Sequence[int] | torch.Tensor | None = None) -> None:
         """Start a new conversation: for every row (None) or for the selected rows (exchange 0 of a new
@@ -333,6 +372,15 @@ class TTTCache(Cache):
         self.real_tokens = torch.where(rows, 0, self.real_tokens)
         if self.attention_mask_history is not None:
             self.attention_mask_history = self.attention_mask_history & ~rows[:, None]
+
+    def reset_ttt_state(self, rows: torch.Tensor) -> None:
+        """Put the TTT state of `rows` (bool `[B]`) back to the learned initial state; attention context and the
+        attention counters are kept (eval's reset-every-turn control)."""
+        if not bool(rows.any()):
+            return
+        for _, layer in self.ttt_layers():
+            if layer.stream_position is not None:
+                layer.reset(rows.to(layer.stream_position.device))
 
     def end_turn(self) -> None:
         """Close the exchange as alignment padding would: commit every TTT layer's unfinished mini-batch with the

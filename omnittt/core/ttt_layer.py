@@ -28,6 +28,7 @@ from torch import nn
 from transformers import initialization as hf_init
 from transformers.models.llama.modeling_llama import LlamaAttention, rotate_half
 
+from omnittt.core.hf_compat import CACHE_ARG, take_cache
 from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
 from omnittt.core.ttt_ops import (
     LINEAR_KEYS,
@@ -195,22 +196,24 @@ class TTTBase(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         ttt_padding_mask: torch.Tensor | None = None,
         collect_ttt_stats: bool = False,
+        past_key_values=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
-        if past_key_values is not None and not isinstance(past_key_values, TTTCache):
+        cache = take_cache(cache, past_key_values, kwargs, f"TTT layer {self.layer_idx}")
+        if cache is not None and not isinstance(cache, TTTCache):
             raise TypeError(
-                f"TTT layers need a TTTCache, got {type(past_key_values).__name__}; "
+                f"TTT layers need a TTTCache, got {type(cache).__name__}; "
                 "build one with omnittt.core.TTTCache(model.config)"
             )
-        cache = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
-        out = self._ttt(hidden_states, cache, ttt_padding_mask, collect_ttt_stats)
+        layer_cache = cache.layers[self.layer_idx] if cache is not None else None
+        out = self._ttt(hidden_states, layer_cache, ttt_padding_mask, collect_ttt_stats)
         if self.mode == "gated":
             attn, _ = self.attention(
                 hidden_states, position_embeddings=position_embeddings, attention_mask=attention_mask,
-                past_key_values=past_key_values, **kwargs,
+                **{CACHE_ARG: cache}, **kwargs,
             )
             out = attn + torch.tanh(self.ttt_gate).to(out.dtype) * out
         return out, None
@@ -320,13 +323,7 @@ class TTTBase(nn.Module):
                 last = (state, None, s)
 
             if cache is not None:
-                cache.state, cache.grads = state, grads
-                cache.pending_eta = pending_eta if grads is not None else None
-                cache.reset_rows = None
-                cache.stream_position = cache.stream_position + T
-                cache.offset = (offset + T) % b
-                cache.has_previous_state[0] = True
-                cache.stats = None
+                cache.advance(state, grads, pending_eta, T)
                 if collect_stats and last is not None:
                     cache.stats = self._statistics(last, state, grads, pending_eta, XK, XV, lr, eta_eff, norm,
                                                    cache.stream_position)

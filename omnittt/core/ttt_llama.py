@@ -38,6 +38,7 @@ from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from omnittt.core.hf_compat import CACHE_ARG, CACHE_FIELD, take_cache
 from omnittt.core.ttt_cache import TTTCache
 from omnittt.core.ttt_layer import (
     FP32_PARAMS,
@@ -137,23 +138,25 @@ class TTTLlamaModel(LlamaModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: TTTCache | None = None,
+        cache: TTTCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         collect_ttt_stats: bool = False,
+        past_key_values: TTTCache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if past_key_values is not None and not isinstance(past_key_values, TTTCache):
+        given = take_cache(cache, past_key_values, kwargs, "TTT Llama")
+        if given is not None and not isinstance(given, TTTCache):
             raise TypeError(
-                f"TTT Llama needs a TTTCache, got {type(past_key_values).__name__}; "
+                f"TTT Llama needs a TTTCache, got {type(given).__name__}; "
                 "pass omnittt.core.TTTCache(model.config) or no cache"
             )
-        keep_cache = bool(use_cache) or past_key_values is not None
-        cache = past_key_values if past_key_values is not None else TTTCache(self.config)
+        keep_cache = bool(use_cache) or given is not None
+        cache = given if given is not None else TTTCache(self.config)
         batch, length = inputs_embeds.shape[:2]
         chunk_mask = _chunk_mask(attention_mask, batch, length, inputs_embeds.device)
         has_attention = any(kind is not None for kind in self.mask_kinds)
@@ -166,7 +169,7 @@ class TTTLlamaModel(LlamaModel):
             idx = cache.attention_layer_index(sliding=kind == "sliding")
             if idx is not None:
                 masks[kind] = make(config=self.config, inputs_embeds=inputs_embeds, attention_mask=full_mask,
-                                   past_key_values=cache, position_ids=position_ids, layer_idx=idx)
+                                   position_ids=position_ids, layer_idx=idx, **{CACHE_ARG: cache})
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
@@ -179,8 +182,8 @@ class TTTLlamaModel(LlamaModel):
                 attention_mask=masks[kind],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=cache,
                 use_cache=use_cache,
+                **{CACHE_ARG: cache},
                 **kwargs,
             )
             if isinstance(decoder_layer.self_attn, TTTBase):
@@ -192,7 +195,7 @@ class TTTLlamaModel(LlamaModel):
         cache.record_chunk(chunk_mask, keep_history=has_attention)
 
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache if keep_cache else None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if keep_cache else None})
 
 
 def _checkpointed_layer(decoder_layer: nn.Module, hidden_states: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
@@ -201,7 +204,7 @@ def _checkpointed_layer(decoder_layer: nn.Module, hidden_states: torch.Tensor, l
     The layer writes its new TTT state / KV into the cache during the forward; the recomputation in backward must not
     write again, so it runs against a snapshot of that layer's cache entry taken before the forward, and the cache
     keeps the tensors of the original forward (which hold the graph to the earlier exchanges)."""
-    cache: TTTCache = layer_kwargs["past_key_values"]
+    cache: TTTCache = layer_kwargs[CACHE_ARG]
     idx = decoder_layer.self_attn.layer_idx
     before = copy.copy(cache.layers[idx])
     if getattr(before, "kv", None) is not None:
@@ -265,14 +268,22 @@ class TTTLlamaForCausalLM(LlamaForCausalLM):
             "between exchanges; use model.enable_ttt_checkpointing() instead"
         )
 
+    def generate(self, *args, **kwargs) -> Any:
+        """transformers' `generate()`, refusing assisted generation up front: it rolls the cache back, which a
+        TTT state cannot do (transformers releases differ in whether and where they check `_is_stateful`)."""
+        if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens"):
+            raise ValueError("assisted generation is not supported: the TTT model is stateful and its cache "
+                             "cannot be rolled back (drop assistant_model / prompt_lookup_num_tokens)")
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, *args, **kwargs) -> dict[str, Any]:
         inputs = super().prepare_inputs_for_generation(*args, **kwargs)
         inputs.pop("position_ids", None)  # attention positions come from the cache's real-token counters
         return inputs
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = TTTCache(self.config)
+        if model_kwargs.get(CACHE_ARG) is None and generation_config.use_cache is not False:
+            model_kwargs[CACHE_ARG] = TTTCache(self.config)
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def check_finite_ttt_parameters(self) -> None:

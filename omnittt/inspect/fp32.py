@@ -175,7 +175,7 @@ class FP32Enforcer:
         self._record(report)
 
     def _check_module_state(self, module: torch.nn.Module, kwargs: dict[str, Any], report: FP32Report) -> None:
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # the name depends on the transformers release
         layer_idx = getattr(module, "layer_idx", None)
         if cache is not None and layer_idx is not None:
             self._check_cache(_OneLayer(cache, layer_idx), report)

@@ -34,6 +34,7 @@ from transformers.generation.streamers import BaseStreamer
 from omnittt.atomic import atomic_write
 from omnittt.config import Settings
 from omnittt.core.constants import SYSTEM_PROMPT
+from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.prompt import Exchange, PromptBuilder
 from omnittt.core.speech import SAMPLE_RATE, padding_for, split_segments
@@ -172,7 +173,7 @@ class ChatSession:
         # setting, which for an attention-only baseline is the only place it is kept)
         self.alignment = int(model.config.text_config.ttt_mini_batch_size)
         self.device = next(model.parameters()).device
-        self.cache: TTTCache = model.new_cache()
+        self.stream = ExchangeStream(model)
         self.history: list[dict[str, Any]] = []  # per exchange: user, reply, stop_reason, positions
         self._interrupt = threading.Event()
         self._broken: str | None = None
@@ -184,6 +185,10 @@ class ChatSession:
     def turns(self) -> int:
         """Exchanges in the state so far (0: the next user turn carries BOS + system prompt)."""
         return len(self.history)
+
+    @property
+    def cache(self) -> TTTCache:
+        return self.stream.cache
 
     @property
     def positions(self) -> int:
@@ -232,9 +237,9 @@ class ChatSession:
         start = time.perf_counter()
         before = self.positions
         try:
-            new = self.model.generate(
-                ids, input_features=features, feature_lengths=feature_lengths, past_key_values=self.cache,
-                streamer=streamer, stopping_criteria=StoppingCriteriaList([_Interrupted(self._interrupt)]),
+            new = self.stream.generate(
+                ids, input_features=features, feature_lengths=feature_lengths, streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_Interrupted(self._interrupt)]),
                 eos_token_id=eot, pad_token_id=self.builder.tokens.pad, **kwargs,
             )[0].tolist()
             prompt_positions = self.positions - before - max(len(new) - 1, 0)
@@ -245,8 +250,7 @@ class ChatSession:
             else:
                 reply, closing = new, [*new[-1:], eot]
                 reason = "interrupted" if self._interrupt.is_set() else "max_new_tokens"
-            self.model(input_ids=torch.tensor([closing], device=self.device), past_key_values=self.cache,
-                       use_cache=True, logits_to_keep=1)
+            self.stream.feed_text(torch.tensor([closing], device=self.device), logits_to_keep=1)
             self._close_exchange()
         except BaseException as exc:
             # a failure inside the model leaves some layers updated and others not: refuse to go on silently
@@ -273,8 +277,7 @@ class ChatSession:
             pads = padding_for(self.cache.seen_positions, self.alignment)
             if pads:
                 ids = torch.full((1, pads), self.builder.tokens.pad, dtype=torch.long, device=self.device)
-                self.model(input_ids=ids, attention_mask=torch.zeros_like(ids), past_key_values=self.cache,
-                           use_cache=True, logits_to_keep=1)
+                self.stream.feed_text(ids, torch.zeros_like(ids), logits_to_keep=1)
         self.cache.end_turn()
 
     def _speech(self, audio: Any, sample_rate: int, label: str | None) -> tuple[np.ndarray, str]:
@@ -453,7 +456,7 @@ class ChatSession:
         history = tensors.get("attention_mask_history")
         cache.attention_mask_history = None if history is None else history.to(device=device, dtype=torch.bool)
         cache.seen_positions = int(header["seen_positions"])
-        self.cache = cache
+        self.stream.cache = cache
         self.history = list(header.get("history", []))
         self._broken = None
 

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from omnittt.core.constants import IGNORE_INDEX
+from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.errors import UserError
-from omnittt.train.loop import model_inputs, reset_new_conversations
+from omnittt.train.loop import model_inputs
 
 RESET_MODES = ("never", "every-turn")
 # Bucket edges in positions: 0-1k, 1k-2k, 2k-4k, ..., 32k-64k, then 64k+ (only when data reaches it).
@@ -102,15 +103,6 @@ class _Collector:
         return TokenScores(conversation_ids, exchange_starts=self.exchange_starts, **arrays)
 
 
-def _reset_ttt_rows(cache: Any, rows: torch.Tensor) -> None:
-    """Put the TTT state of `rows` (bool `[B]`) back to the learned init; attention context is kept."""
-    if cache is None or not bool(rows.any()):
-        return
-    for _, layer in cache.ttt_layers():
-        if layer.stream_position is not None:
-            layer.reset(rows.to(layer.stream_position.device))
-
-
 @torch.no_grad()
 def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str = "cpu",
                progress: Any = None) -> list[TokenScores]:
@@ -129,7 +121,7 @@ def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str 
     task = progress.add_task("eval", total=total_steps) if progress is not None else None
     for batch in loader:
         rows = torch.tensor([index_of[cid] for cid in batch.conversation_ids], dtype=torch.long)
-        caches: list[Any] = [None] * len(runs)
+        streams = [ExchangeStream(run.model, run.ttt_reset) for run in runs]
         offset = torch.zeros(len(rows), dtype=torch.long)  # real positions fed so far, per row
         for k in range(len(batch)):
             step = batch[k]
@@ -137,19 +129,13 @@ def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str 
             offset = torch.where(turn == 0, 0, offset)
             inputs = model_inputs(step, device)
             spliced: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-            for r, run in enumerate(runs):
+            for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
                 key = id(run.model)
                 if key not in spliced:  # speech encoded once per model, shared by its runs
-                    spliced[key] = run.model.embed_inputs(
-                        inputs["input_ids"], inputs.get("input_features"), inputs.get("feature_lengths"),
-                        inputs["attention_mask"], inputs["labels"], inputs.get("num_positions"))
+                    spliced[key] = stream.embed(inputs)
                 embeds, mask, labels = spliced[key]
-                reset_new_conversations(caches[r], turn)
-                if run.ttt_reset == "every-turn":
-                    _reset_ttt_rows(caches[r], turn > 0)
-                out = run.model(inputs_embeds=embeds, attention_mask=mask, past_key_values=caches[r],
-                                use_cache=True)
-                caches[r] = out.past_key_values
+                stream.start_exchange(turn)
+                out = stream.feed(embeds, mask)
                 _collect(collectors[r], run, out.logits, mask, labels, offset, rows, k, turn, batch)
             offset = offset + spliced[id(runs[0].model)][1].long().sum(1).cpu()
             if task is not None:

@@ -5,7 +5,7 @@ Per batch of B conversations started together (CONTRACTS.md "Batches"):
     cache = None                                  exchange 0 starts from the learned init (a fresh cache)
     for each window of K exchanges:               one truncated-BPTT window
         cache.detach()                            gradients never cross windows
-        for each exchange: loss_k = model(..., past_key_values=cache)   state flows exchange to exchange
+        for each exchange: loss_k = stream.exchange(...)   state flows exchange to exchange in the cache
         loss = token-weighted mean of loss_k      assistant text only (labels != -100)
         NaN/Inf check (loss, TTT state) -> backward -> NaN/Inf check (gradients)
         every `gradient_accumulation` windows: clip, optimizer step, schedule step, metrics line
@@ -28,6 +28,7 @@ import torch
 
 from omnittt.atomic import atomic_write_json
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
+from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.core.speech import segment_positions
 from omnittt.train.checkpoint import save_checkpoint
 from omnittt.train.faults import fault_point
@@ -72,15 +73,6 @@ def real_positions(step: dict[str, Any], speech_mode: str) -> int:
     lengths = step.get("feature_lengths")
     speech = sum(segment_positions(int(n), speech_mode) for n in lengths.tolist()) if lengths is not None else 0
     return text + speech
-
-
-def reset_new_conversations(cache: Any, turn_number: torch.Tensor) -> None:
-    """Rows starting a conversation (turn 0) go back to the learned initial state."""
-    if cache is None:
-        return
-    rows = (turn_number == 0).nonzero().flatten()
-    if rows.numel():
-        cache.reset(rows.tolist())
 
 
 class Trainer:
@@ -202,8 +194,8 @@ class Trainer:
         return self.step - self.last_saved_step >= self.settings.save_every and self._pending_windows == 0
 
     def train_batch(self, batch: Any) -> None:
-        """All windows of one batch of conversations; the cache lives for this batch only."""
-        cache = None
+        """All windows of one batch of conversations; the stream (and its cache) lives for this batch only."""
+        stream = ExchangeStream(self.model)
         k = self.settings.tbptt_turns
         n = len(batch)
         # every process runs as many windows as the longest batch among them (all-pad ones past its own end)
@@ -211,15 +203,13 @@ class Trainer:
         for start in range(0, windows * k, k):
             if self.done:
                 return
-            if cache is not None:
-                cache.detach()
-            cache, ok = self.train_window(batch, range(start, min(start + k, n)), cache)
-            if not ok:
+            stream.detach()
+            if not self.train_window(batch, range(start, min(start + k, n)), stream):
                 return  # the state is poisoned: drop the rest of this batch
 
-    def train_window(self, batch: Any, exchanges: range, cache: Any) -> tuple[Any, bool]:
-        """Forward K exchanges carrying the cache, one backward; an optimizer step when the accumulation is
-        complete. Returns the cache and whether the window was healthy."""
+    def train_window(self, batch: Any, exchanges: range, stream: ExchangeStream) -> bool:
+        """Forward K exchanges carrying the stream's cache, one backward; an optimizer step when the accumulation
+        is complete. Returns whether the window was healthy."""
         model = self.model
         device = self.accelerator.device
         model.train()
@@ -233,11 +223,9 @@ class Trainer:
         for index, k in enumerate(exchanges):
             step = batch[k]  # loaded and featurised on access: once per exchange
             conversation_ids = list(step["conversation_ids"])
-            reset_new_conversations(cache, step["turn_number"])
             with self.autocast():
-                out = model(**model_inputs(step, device), past_key_values=cache, use_cache=True,
-                            collect_ttt_stats=collect and index == len(exchanges) - 1)
-            cache = out.past_key_values
+                out = stream.exchange(model_inputs(step, device), step["turn_number"],
+                                      collect_ttt_stats=collect and index == len(exchanges) - 1)
             n = target_count(step["labels"])
             if n:
                 loss_sum = loss_sum + out.loss.float() * n
@@ -245,6 +233,7 @@ class Trainer:
             positions += real_positions(step, self.speech_mode)
             turns.append(int(step["turn_number"].max()))
         self.state.windows += 1
+        cache = stream.cache
         loss = loss_sum / targets if targets else None
         problems = nonfinite_problems(loss.detach() if loss is not None else None, cache=cache) \
             if len(exchanges) else []
@@ -255,7 +244,7 @@ class Trainer:
             problems = self._agreed(nonfinite_problems(model=model) if loss is not None else [])
         if problems:
             self._skip(problems, conversation_ids, turns)
-            return cache, False
+            return False
         if self.enforcer is not None and next_step % self.settings.fp32_check_every == 0:
             self._check_fp32(cache)
         pending = self._pending
@@ -267,7 +256,7 @@ class Trainer:
         self._pending_windows += 1
         if completes:
             self._optimizer_step(cache)
-        return cache, True
+        return True
 
     def _agreed(self, problems: list[str]) -> list[str]:
         """This process's problems, or a note when only another process has some: all skip together."""
@@ -385,19 +374,17 @@ def evaluate_loss(model: torch.nn.Module, batches: Sequence[Any], device: torch.
     model.eval()
     total, count = 0.0, 0
     for b, batch in enumerate(batches):
-        cache = None
+        stream = ExchangeStream(model)
         donor = batches[(b + 1) % len(batches)]
         for k in range(len(batch)):
             step = batch[k]
-            reset_new_conversations(cache, step["turn_number"])
             inputs = model_inputs(step, torch.device(device))
             if swap_speech and inputs.get("input_features") is not None and inputs["input_features"].shape[0]:
                 other = donor[k % len(donor)]["input_features"]
                 if other.shape[0]:
                     index = torch.arange(inputs["input_features"].shape[0]) % other.shape[0]
                     inputs["input_features"] = other[index].to(inputs["input_features"].device)
-            out = model(**inputs, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = stream.exchange(inputs, step["turn_number"])
             n = target_count(step["labels"])
             if n:
                 total += float(out.loss) * n

@@ -8,20 +8,17 @@ from train_fixtures import tiny_settings
 from typer.testing import CliRunner
 
 from omnittt.cli import app
-from omnittt.train.loop import model_inputs, reset_new_conversations
+from omnittt.core.exchange_stream import ExchangeStream
+from omnittt.train.loop import model_inputs
 from omnittt.train.setup import start_run
 
 
 def _logits(model, steps):
     model.eval()
-    cache, out = None, []
+    stream = ExchangeStream(model)
     with torch.no_grad():
-        for step in steps:
-            reset_new_conversations(cache, step["turn_number"])
-            result = model(**model_inputs(step, torch.device("cpu")), past_key_values=cache, use_cache=True)
-            cache = result.past_key_values
-            out.append(result.logits)
-    return out
+        return [stream.exchange(model_inputs(step, torch.device("cpu")), step["turn_number"]).logits
+                for step in steps]
 
 
 def test_export_round_trip_gives_the_checkpoints_logits(synthetic_data, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from train_fixtures import tiny_settings
 
+from omnittt.core.hf_compat import CACHE_ARG
 from omnittt.inspect.fp32 import find_ttt_modules
 from omnittt.inspect.jsonl import read_jsonl
 from omnittt.train.checkpoint import load_weights
@@ -24,7 +25,7 @@ def _poison_state_at(trainer, windows: set[int] | None):
 
     def hook(mod, args, kwargs, output):
         if windows is None or trainer.state.windows in windows:
-            layer = kwargs["past_key_values"].layers[mod.layer_idx]
+            layer = kwargs[CACHE_ARG].layers[mod.layer_idx]
             layer.state = {**layer.state, "W1": layer.state["W1"] * float("nan")}
 
     return module.register_forward_hook(hook, with_kwargs=True)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from train_fixtures import MINI_BATCH
 
+from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.inspect.fp32 import find_ttt_modules
-from omnittt.train.loop import model_inputs, reset_new_conversations
+from omnittt.train.loop import model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +34,11 @@ def parts(synthetic_data):
 
 
 def _run(model, steps, cache=None):
-    outs = []
-    for step in steps:
-        reset_new_conversations(cache, step["turn_number"])
-        out = model(**model_inputs(step, torch.device("cpu")), past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        outs.append(out)
-    return outs, cache
+    stream = ExchangeStream(model)
+    if cache is not None:
+        stream.cache = cache
+    outs = [stream.exchange(model_inputs(step, torch.device("cpu")), step["turn_number"]) for step in steps]
+    return outs, stream.cache
 
 
 def _ttt_layer(cache):
