@@ -16,6 +16,7 @@ exchanges < k until `detach()` cuts the graph (truncated BPTT).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from transformers.cache_utils import (
@@ -48,6 +49,36 @@ def _kv_detach(layer: DynamicLayer) -> None:
     if layer.is_initialized and layer.keys is not None:
         layer.keys = layer.keys.detach()
         layer.values = layer.values.detach()
+
+
+def _kv_positions(kv: DynamicLayer | None) -> int:
+    return 0 if kv is None or not kv.is_initialized or kv.keys is None or kv.keys.numel() == 0 else kv.keys.shape[-2]
+
+
+def _kv_state_dict(kv: DynamicLayer | None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not _kv_positions(kv):
+        return {}, {}
+    return {"keys": kv.keys, "values": kv.values}, {"cumulative_length": getattr(kv, "cumulative_length", None)}
+
+
+def _kv_load_state_dict(kv: DynamicLayer | None, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    keys, values = tensors.get("keys"), tensors.get("values")
+    if kv is None or keys is None:
+        return
+    kv.lazy_initialization(keys, values)
+    kv.keys, kv.values = keys, values
+    if info.get("cumulative_length") is not None:
+        kv.cumulative_length = int(info["cumulative_length"])
+
+
+def _kv_summary(kv: DynamicLayer | None) -> dict[str, Any]:
+    held = _kv_positions(kv)
+    if kv is None:
+        return {}
+    if not held:
+        return {"kv_positions": 0}
+    return {"kv_positions": held, "kv_dtype": str(kv.keys.dtype).removeprefix("torch."),
+            "kv_bytes": sum(t.numel() * t.element_size() for t in (kv.keys, kv.values))}
 
 
 class StreamNotAdvancedError(RuntimeError):
@@ -170,6 +201,52 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
             )
         self.stream_position = torch.where(rows, 0, self.stream_position)
         self.reset_rows = rows.clone() if self.reset_rows is None else (self.reset_rows | rows)
+
+    def state_for_report(self, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """The state as the next forward will read it: rows reset individually hold their old tensors until then,
+        and are reported as the learned `init` they already are (None before the first forward)."""
+        if self.state is None:
+            return None
+        if self.reset_rows is None or not bool(self.reset_rows.any()) or not init:
+            return self.state
+        rows = self.reset_rows
+        return {k: torch.where(rows.to(v.device).reshape(-1, *[1] * (v.dim() - 1)),
+                               init[k].detach().to(v.dtype).expand_as(v), v) if k in init else v
+                for k, v in self.state.items()}
+
+    def summary(self, init: dict[str, torch.Tensor], row: int = 0) -> dict[str, Any]:
+        """One row's state norms (the learned `init` before the first forward), dtype, stream position, positions
+        into the unfinished mini-batch, state bytes and the KV it keeps."""
+        initial = self.state is None
+        tensors = init if initial else {k: v[row] for k, v in self.state.items()}
+        position = 0 if self.stream_position is None else int(self.stream_position[row])
+        return {"initial": initial, "norms": {k: float(v.detach().float().norm()) for k, v in tensors.items()},
+                "dtype": str(next(iter(tensors.values())).dtype).removeprefix("torch."),
+                "stream_position": position, "pending": self.offset,
+                "state_bytes": 0 if initial else sum(t.numel() * t.element_size() for t in self.state.values()),
+                **_kv_summary(self.kv)}
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The layer between turns: its tensors by name and the plain values that go with them."""
+        if self.reset_rows is not None:
+            raise ValueError("a cache with rows reset individually cannot be saved; save between turns")
+        tensors = {f"{group}.{k}": v for group in ("state", "grads") for k, v in (getattr(self, group) or {}).items()}
+        for name in ("pending_eta", "stream_position"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name)
+        kv_tensors, kv_info = _kv_state_dict(self.kv)
+        return {**tensors, **kv_tensors}, {"offset": self.offset, **kv_info}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+        for group in ("state", "grads"):
+            found = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(group + ".")}
+            setattr(self, group, found or None)
+        self.pending_eta = tensors.get("pending_eta")
+        self.stream_position = tensors.get("stream_position")
+        self.offset = int(info["offset"])
+        self.has_previous_state[0] = self.state is not None
+        _kv_load_state_dict(self.kv, tensors, info)
 
     def detach(self) -> None:
         self.state = _map_values(self.state, torch.Tensor.detach)
@@ -333,6 +410,60 @@ class TTTCache(Cache):
                 history = chunk.new_zeros(chunk.shape[0], self.seen_positions)
             self.attention_mask_history = torch.cat([history, chunk], dim=1)
         self.seen_positions += chunk.shape[1]
+
+    def real_positions(self, row: int = 0) -> int:
+        """Real tokens (and speech positions) of `row`'s conversation so far: what attention counts."""
+        return 0 if self.real_tokens is None else int(self.real_tokens[row])
+
+    # -- inspection and save / load (chat's /state, /save and /load)
+    def summary(self, initial_states: dict[int, dict[str, torch.Tensor]], row: int = 0) -> dict[str, Any]:
+        """Per layer what `row` holds (TTT layers: `TTTCacheLayer.summary` with their learned init from
+        `initial_states`; attention: KV positions), the positions fed and the bytes of state, KV and mask history."""
+        layers = []
+        for idx, layer in enumerate(self.layers):
+            if isinstance(layer, TTTCacheLayer):
+                layers.append({"layer": idx, "kind": "ttt", **layer.summary(initial_states[idx], row)})
+            else:
+                kind = "sliding-attention" if layer.is_sliding else "attention"
+                layers.append({"layer": idx, "kind": kind, **_kv_summary(layer)})
+        history = self.attention_mask_history
+        return {"positions_fed": self.seen_positions, "layers": layers,
+                "ttt_state_bytes": sum(entry.pop("state_bytes", 0) for entry in layers),
+                "kv_bytes": sum(entry.pop("kv_bytes", 0) for entry in layers),
+                "mask_history_bytes": 0 if history is None else history.numel() * history.element_size()}
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything the cache holds between turns: CPU tensors by name (`layers.<i>.<name>` and the attention
+        counters) and a JSON-able description that `load_state_dict` needs beside them."""
+        tensors: dict[str, torch.Tensor] = {}
+        layers: dict[str, Any] = {}
+        for idx, layer in enumerate(self.layers):
+            own, info = layer.state_dict() if isinstance(layer, TTTCacheLayer) else _kv_state_dict(layer)
+            tensors.update({f"layers.{idx}.{k}": v for k, v in own.items()})
+            layers[str(idx)] = info
+        for name in ("real_tokens", "attention_mask_history"):
+            value = getattr(self, name)
+            if value is not None:
+                tensors[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        return tensors, {"seen_positions": self.seen_positions, "layers": layers}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], info: dict[str, Any],
+                        device: torch.device | str = "cpu") -> None:
+        """Restore what `state_dict` returned, onto `device`."""
+        for idx, layer in enumerate(self.layers):
+            prefix = f"layers.{idx}."
+            own = {k[len(prefix):]: v.to(device) for k, v in tensors.items() if k.startswith(prefix)}
+            layer_info = info["layers"][str(idx)]
+            if isinstance(layer, TTTCacheLayer):
+                layer.load_state_dict(own, layer_info)
+            else:
+                _kv_load_state_dict(layer, own, layer_info)
+        real = tensors.get("real_tokens")
+        self.real_tokens = None if real is None else real.to(device)
+        history = tensors.get("attention_mask_history")
+        self.attention_mask_history = None if history is None else history.to(device=device, dtype=torch.bool)
+        self.seen_positions = int(info["seen_positions"])
 
     # -- the stream guard
     def progress(self) -> tuple[int, ...]:

@@ -48,22 +48,6 @@ def _stats_are_current(stats: dict[str, Any], layer: Any) -> bool:
     return logged.shape == current.shape and bool(torch.equal(logged.to(current.device), current))
 
 
-def _with_reset_rows(state: dict[str, torch.Tensor], reset_rows: Any,
-                     init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """Rows reset individually hold their old state until the layer's next forward swaps in the learned init;
-    report them as the init they already are."""
-    if not isinstance(reset_rows, torch.Tensor) or not bool(reset_rows.any()) or not init:
-        return state
-    result = {}
-    for name, tensor in state.items():
-        if name not in init:
-            result[name] = tensor
-            continue
-        mask = reset_rows.to(tensor.device).reshape(-1, *[1] * (tensor.dim() - 1))
-        result[name] = torch.where(mask, init[name].detach().to(tensor.dtype).expand_as(tensor), tensor)
-    return result
-
-
 def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
     """The ttt_state fields of one TTT cache layer (without schema/step/time), or None when the layer holds no
     state and no learned init is known."""
@@ -74,7 +58,7 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
     position = getattr(layer, "stream_position", None)
     if state:
         source = "stats" if stats else "state"
-        tensors = _with_reset_rows(state, getattr(layer, "reset_rows", None), init)
+        tensors = layer.state_for_report(init)
     elif init:
         # no runtime state yet (fresh cache or full reset): the state *is* the learned init
         source = "init"

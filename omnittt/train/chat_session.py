@@ -38,7 +38,7 @@ from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.prompt import Exchange, PromptBuilder
 from omnittt.core.speech import SAMPLE_RATE, padding_for, split_segments
-from omnittt.core.ttt_cache import TTTCache, TTTCacheLayer
+from omnittt.core.ttt_cache import TTTCache
 from omnittt.errors import UserError
 
 STATE_FORMAT = "omnittt-chat-state"
@@ -194,8 +194,7 @@ class ChatSession:
     def positions(self) -> int:
         """Real positions of the conversation so far (what attention counts; the TTT stream position adds the
         end-of-exchange alignment)."""
-        real = self.cache.real_tokens
-        return 0 if real is None else int(real[0])
+        return self.cache.real_positions()
 
     def interrupt(self) -> None:
         """Stop the reply being generated after its current token (safe from a signal handler or another
@@ -274,7 +273,7 @@ class ChatSession:
         window, however, counts the (masked) pad slots training put in the KV: there the pads are fed, masked,
         as training feeds them, so the window holds what it held in training (and TTT sees the same padding)."""
         if self.model.config.text_config.attention_window:
-            pads = padding_for(self.cache.seen_positions, self.alignment)
+            pads = padding_for(self.cache.get_seq_length(), self.alignment)
             if pads:
                 ids = torch.full((1, pads), self.builder.tokens.pad, dtype=torch.long, device=self.device)
                 self.stream.feed_text(ids, torch.zeros_like(ids), logits_to_keep=1)
@@ -308,45 +307,14 @@ class ChatSession:
     def state_summary(self) -> dict[str, Any]:
         """Per layer: TTT state norms (the learned init before the first turn), dtype, stream position and pending
         tokens; attention KV positions held and bytes. Plus the conversation counters."""
-        layers = []
-        ttt = {m.layer_idx: m for m in self.model.language_model.model.ttt_modules()}
-        state_bytes = kv_bytes = 0
-        for idx, layer in enumerate(self.cache.layers):
-            entry: dict[str, Any] = {"layer": idx}
-            kv = layer.kv if isinstance(layer, TTTCacheLayer) else layer
-            if isinstance(layer, TTTCacheLayer):
-                module = ttt[idx]
-                initial = layer.state is None
-                tensors = ({k: getattr(module, k) for k in module.state_keys} if initial
-                           else {k: v[0] for k, v in layer.state.items()})
-                entry.update(kind=f"ttt-{self.model.config.text_config.ttt_type}", initial=initial,
-                             norms={k: float(v.detach().float().norm()) for k, v in tensors.items()},
-                             dtype=str(next(iter(tensors.values())).dtype).removeprefix("torch."),
-                             stream_position=int(layer.stream_position[0]) if layer.stream_position is not None
-                             else 0,
-                             pending=layer.offset)
-                if not initial:
-                    state_bytes += sum(t.numel() * t.element_size() for t in layer.state.values())
-            else:
-                entry["kind"] = "sliding-attention" if kv.is_sliding else "attention"
-            if kv is not None:
-                held = 0 if not kv.is_initialized or kv.keys is None or kv.keys.numel() == 0 else kv.keys.shape[-2]
-                entry["kv_positions"] = held
-                if held:
-                    kv_bytes += sum(t.numel() * t.element_size() for t in (kv.keys, kv.values))
-                    entry["kv_dtype"] = str(kv.keys.dtype).removeprefix("torch.")
-            layers.append(entry)
-        history = self.cache.attention_mask_history
-        return {
-            "turns": self.turns,
-            "positions": self.positions,
-            "positions_fed": int(self.cache.seen_positions),
-            "attention_window": self.model.config.text_config.attention_window,
-            "ttt_state_bytes": state_bytes,
-            "kv_bytes": kv_bytes,
-            "mask_history_bytes": 0 if history is None else history.numel() * history.element_size(),
-            "layers": layers,
-        }
+        modules = self.model.language_model.model.ttt_modules()
+        initial = {m.layer_idx: {k: getattr(m, k) for k in m.state_keys} for m in modules}
+        summary = self.cache.summary(initial)
+        for entry in summary["layers"]:
+            if entry["kind"] == "ttt":
+                entry["kind"] = f"ttt-{self.model.config.text_config.ttt_type}"
+        return {"turns": self.turns, "positions": self.positions,
+                "attention_window": self.model.config.text_config.attention_window, **summary}
 
     # -- save / load ---------------------------------------------------------------------------------------------
     def model_fingerprint(self) -> dict[str, Any]:
@@ -361,38 +329,14 @@ class ChatSession:
         """Write the conversation state (between turns) to `path` as safetensors, atomically."""
         from safetensors.torch import save_file
 
-        tensors: dict[str, torch.Tensor] = {}
-        layers: dict[str, Any] = {}
-        for idx, layer in enumerate(self.cache.layers):
-            info: dict[str, Any] = {}
-            if isinstance(layer, TTTCacheLayer):
-                info["offset"] = layer.offset
-                for group in ("state", "grads"):
-                    for key, value in (getattr(layer, group) or {}).items():
-                        tensors[f"layers.{idx}.{group}.{key}"] = value
-                for name in ("pending_eta", "stream_position"):
-                    if getattr(layer, name) is not None:
-                        tensors[f"layers.{idx}.{name}"] = getattr(layer, name)
-                if layer.reset_rows is not None:
-                    raise UserError("cannot save a cache with rows reset individually", fix="save between turns")
-                kv = layer.kv
-            else:
-                kv = layer
-            if kv is not None and kv.is_initialized and kv.keys is not None:
-                tensors[f"layers.{idx}.keys"] = kv.keys
-                tensors[f"layers.{idx}.values"] = kv.values
-                info["cumulative_length"] = getattr(kv, "cumulative_length", None)
-            layers[str(idx)] = info
-        for name in ("real_tokens", "attention_mask_history"):
-            value = getattr(self.cache, name)
-            if value is not None:
-                tensors[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
+        try:
+            tensors, cache_info = self.cache.state_dict()
+        except ValueError as exc:
+            raise UserError(f"cannot save: {exc}", fix="save between turns") from None
         header = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "model": self.model_fingerprint(),
-            "seen_positions": int(self.cache.seen_positions), "layers": layers, "history": self.history,
-            "mask_history_bool": self.cache.attention_mask_history is not None,
+            "history": self.history, "mask_history_bool": "attention_mask_history" in tensors, **cache_info,
         }
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
         path = Path(path)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header)}))
         return path
@@ -425,37 +369,7 @@ class ChatSession:
             raise UserError(f"{path}: saved with another model ({'; '.join(differ[:3])})",
                             fix="load it into the model (and --attention-window) it was saved with")
         cache = self.model.new_cache()
-        device = self.device
-        for idx, layer in enumerate(cache.layers):
-            info = header["layers"][str(idx)]
-
-            def get(name: str, idx: int = idx) -> torch.Tensor | None:
-                value = tensors.get(f"layers.{idx}.{name}")
-                return None if value is None else value.to(device)
-
-            if isinstance(layer, TTTCacheLayer):
-                for group in ("state", "grads"):
-                    found = {k.rsplit(".", 1)[-1]: v.to(device) for k, v in tensors.items()
-                             if k.startswith(f"layers.{idx}.{group}.")}
-                    setattr(layer, group, found or None)
-                layer.pending_eta = get("pending_eta")
-                layer.stream_position = get("stream_position")
-                layer.offset = int(info["offset"])
-                layer.has_previous_state[0] = layer.state is not None
-                kv = layer.kv
-            else:
-                kv = layer
-            keys, values = get("keys"), get("values")
-            if kv is not None and keys is not None:
-                kv.lazy_initialization(keys, values)
-                kv.keys, kv.values = keys, values
-                if info.get("cumulative_length") is not None:
-                    kv.cumulative_length = int(info["cumulative_length"])
-        real = tensors.get("real_tokens")
-        cache.real_tokens = None if real is None else real.to(device)
-        history = tensors.get("attention_mask_history")
-        cache.attention_mask_history = None if history is None else history.to(device=device, dtype=torch.bool)
-        cache.seen_positions = int(header["seen_positions"])
+        cache.load_state_dict(tensors, header, self.device)
         self.stream.cache = cache
         self.history = list(header.get("history", []))
         self._broken = None
