@@ -1,0 +1,66 @@
+"""The recall corpus: facts, filler and questions as specified, answers that appear nowhere in between, the query
+table in the manifest after preprocessing, same seed same files, bad specs refused in one line."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from omnittt.data.recall_corpus import RecallCorpusSpec, make_recall_corpus, recall_dialogue
+from omnittt.errors import UserError
+
+
+@pytest.mark.parametrize("facts,queries,filler", [(1, None, 4), (4, 2, 0), (16, None, 3)])
+def test_dialogue_layout_and_queries(facts, queries, filler):
+    spec = RecallCorpusSpec(facts=facts, queries=queries, filler=filler, filler_words=5, digits=4)
+    for seed in range(20):
+        dialogue = recall_dialogue(random.Random(seed), spec)
+        asked = queries or facts
+        assert len(dialogue.exchanges) == facts + filler + asked
+        assert len(dialogue.queries) == asked
+        assert len({q["fact_exchange"] for q in dialogue.queries}) == asked  # each fact asked at most once
+        for query in dialogue.queries:
+            user, reply = dialogue.exchanges[query["exchange"]]
+            assert reply == query["answer"] and query["key"] in user
+            fact_user, _ = dialogue.exchanges[query["fact_exchange"]]
+            assert fact_user.endswith(f"{query['key']} code is {query['answer']}.")
+            assert len(query["answer"].split()) == 4 and query["exchange"] > query["fact_exchange"]
+            # the code appears nowhere between its fact and its question
+            for user_text, reply_text in dialogue.exchanges[query["fact_exchange"] + 1:query["exchange"]]:
+                assert query["answer"] not in user_text and query["answer"] not in reply_text
+        for user_text, _ in dialogue.exchanges[facts:facts + filler]:
+            assert not any(ch.isdigit() for ch in user_text)
+            assert len(user_text.split()) == 5
+
+
+def test_corpus_preprocesses_with_the_query_table_and_is_reproducible(tmp_path):
+    from omnittt.data.preprocess import PreprocessOptions, preprocess
+
+    spec = RecallCorpusSpec(dialogues=6, facts=2, filler=2, seed=3)
+    assert make_recall_corpus(tmp_path / "a", spec) == 6
+    make_recall_corpus(tmp_path / "b", spec)
+    first = sorted(p.read_text() for p in (tmp_path / "a").rglob("metadata.json"))
+    assert first == sorted(p.read_text() for p in (tmp_path / "b").rglob("metadata.json"))
+    assert make_recall_corpus(tmp_path / "a", spec) == 6  # the same corpus again: nothing redone
+    preprocess(PreprocessOptions(source="conversations", input_dir=str(tmp_path / "a"),
+                                 output=str(tmp_path / "out"), mini_batch_size=16, workers=1))
+    manifest = [json.loads(line) for line in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 6
+    for entry in manifest:
+        assert entry["domain"] == "recall" and entry["num_turns"] == 2 + 2 + 2
+        assert [q["exchange"] for q in entry["recall"]["queries"]] == [4, 5]
+
+
+def test_bad_specs_and_a_foreign_folder_are_refused(tmp_path):
+    with pytest.raises(UserError, match="--queries"):
+        make_recall_corpus(tmp_path / "x", RecallCorpusSpec(facts=2, queries=3))
+    with pytest.raises(UserError, match="--facts"):
+        make_recall_corpus(tmp_path / "x", RecallCorpusSpec(facts=0))
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match="not this recall corpus"):
+        make_recall_corpus(tmp_path / "other", RecallCorpusSpec(dialogues=2))
+    make_recall_corpus(tmp_path / "y", RecallCorpusSpec(dialogues=2))
+    with pytest.raises(UserError, match="not this recall corpus"):
+        make_recall_corpus(tmp_path / "y", RecallCorpusSpec(dialogues=3))
