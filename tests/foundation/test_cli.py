@@ -3,32 +3,79 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 from typer.testing import CliRunner
 
-COMMANDS = ["download", "preprocess", "validate", "curriculum", "train", "resume", "monitor", "chat", "eval",
-            "quickstart"]
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _commands() -> list[str]:
+    """The commands registered on the app, in order (so a new command is checked without editing this file)."""
+    import typer.main
+
+    from omnittt.cli import app
+
+    return list(typer.main.get_command(app).commands)
+
+
+def test_commands_are_the_readme_table():
+    commands = _commands()
+    assert {"download", "train", "eval", "export", "quickstart"} <= set(commands), commands
+    table = README.read_text().split("## Commands", 1)[1].split("\n## ", 1)[0]
+    assert sorted(re.findall(r"^\| `omnittt (\w+)` \|", table, re.M)) == sorted(commands)
+
+
+def test_console_script_is_omnittt_cli_main():
+    scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
+    assert scripts.get("omnittt") == "omnittt.cli:main"
 
 
 def test_help_lists_every_command_with_a_line_of_help():
-    out = subprocess.run(["omnittt", "--help"], capture_output=True, text=True, check=True,
-                         env={"COLUMNS": "200", "PATH": _path()}).stdout
-    for command in COMMANDS:
+    # `python -m omnittt` with this interpreter: the test does not depend on the shell's PATH
+    out = subprocess.run([sys.executable, "-m", "omnittt", "--help"], capture_output=True, text=True, check=True,
+                         env={"COLUMNS": "200", "NO_COLOR": "1"}).stdout
+    for command in _commands():
         line = next((ln for ln in out.splitlines() if ln.strip("│ ").startswith(command + " ")), None)
         assert line is not None, f"{command} missing from --help"
         assert len(line.strip("│ ").split()) > 2, f"{command} has no help line"
+
+
+def _example_lines(help_text: str) -> list[str]:
+    """The lines of a command's help text under its "Example:"/"Examples:" heading (or on the heading's line),
+    up to the options box. The Usage line, which always holds "omnittt CMD", is left out."""
+    examples: list[str] = []
+    in_examples = False
+    for raw in help_text.splitlines():
+        line = raw.strip().strip("│").strip()
+        if line.startswith("Usage:"):
+            continue
+        if line.startswith(("╭", "╰")):
+            in_examples = False
+            continue
+        heading = re.match(r"Examples?:\s*(.*)$", line)
+        if heading:
+            in_examples = True
+            line = heading.group(1)
+        if in_examples and line:
+            examples.append(line)
+    return examples
 
 
 def test_every_command_help_has_an_example():
     from omnittt.cli import app
 
     runner = CliRunner()
-    for command in COMMANDS:
-        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    for command in _commands():
+        result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
         assert result.exit_code == 0, (command, result.output)
-        assert "omnittt " + command.split()[0] in result.output or "Example" in result.output, command
+        examples = _example_lines(result.output)
+        assert any(re.match(rf"omnittt {command}(\s|$)", line) for line in examples), (
+            f"`omnittt {command} --help` has no example line (Example: omnittt {command} ...): {examples}")
 
 
 def test_version():
@@ -64,9 +111,3 @@ def test_user_error_is_one_red_line_and_exit_2():
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "data/x.wav: truncated" in lines[0] and "re-download it" in lines[0]
     assert "Traceback" not in result.output
-
-
-def _path() -> str:
-    import os
-
-    return os.environ["PATH"]
