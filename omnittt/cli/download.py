@@ -9,41 +9,49 @@ import typer
 
 from omnittt.cli._common import handle_errors
 
-HELP = """Fetch a corpus (deepdialogue, librispeech) or make the synthetic one; --list shows what can be fetched.
+HELP = """Fetch a corpus (deepdialogue, librispeech, librilight) or make the synthetic one; --list shows what can be
+fetched.
 
 [bold]deepdialogue[/bold]: SALT-Research/DeepDialogue-xtts through huggingface_hub (~173 GB in all; --subset
 GLOB picks model folders, --dry-run shows the exact size first). Resumable: rerun the same command.
 [bold]librispeech[/bold]: one split from openslr.org over HTTP (--split dev-clean), resumed after an
-interruption, md5-checked, extracted into --to. [bold]synthetic[/bold]: spoken offline with espeak-ng in the
-DeepDialogue-xtts layout (number, name and recall dialogues with two voices).
+interruption, md5-checked, extracted into --to. [bold]librilight[/bold]: --subset small (~35 GB; medium, large,
+duplicate) from dl.fbaipublicfiles.com over HTTP, resumed after an interruption, checked against the server's
+size (no checksums are published; --dry-run shows it), extracted into --to. [bold]synthetic[/bold]: spoken
+offline with espeak-ng in the DeepDialogue-xtts layout (number, name and recall dialogues with two voices).
 The corpus goes to --to (default: where `omnittt preprocess SOURCE` looks), so `omnittt download SOURCE`
 then `omnittt preprocess SOURCE` needs no paths.
 
 Example: [bold]omnittt download deepdialogue --subset dialogues_phi4-mini[/bold]
-Example: [bold]omnittt download librispeech --split dev-clean[/bold]"""
+Example: [bold]omnittt download librispeech --split dev-clean[/bold]
+Example: [bold]omnittt download librilight --subset small --dry-run[/bold]"""
 
-SOURCES = ("synthetic", "deepdialogue", "librispeech")
+SOURCES = ("synthetic", "deepdialogue", "librispeech", "librilight")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("download", help=HELP,
-                 short_help="Fetch a corpus (deepdialogue, librispeech) or make the synthetic one.")
+                 short_help="Fetch a corpus (deepdialogue, librispeech, librilight) or make the synthetic one.")
     @handle_errors
     def command(
-        source: str = typer.Argument(None, help="synthetic, deepdialogue or librispeech.", show_default=False),
+        source: str = typer.Argument(None, help="synthetic, deepdialogue, librispeech or librilight.",
+                                     show_default=False),
         to: Path = typer.Option(None, "--to", help="Target folder (default: ./<source default>).",
                                 show_default=False),
         list_: bool = typer.Option(False, "--list", help="Show what can be fetched and its size."),
         subset: str = typer.Option(None, "--subset", help="deepdialogue: model folder(s), a glob "
-                                   "(dialogues_phi4-mini, 'dialogues_llama3-*', 'phi4-mini/cars_*'; default: all).",
+                                   "(dialogues_phi4-mini, 'dialogues_llama3-*', 'phi4-mini/cars_*'; default: all). "
+                                   "librilight: small, medium, large, duplicate, comma-separated (default: small).",
                                    show_default=False),
-        dry_run: bool = typer.Option(False, "--dry-run", help="deepdialogue: list the files and sizes, fetch "
-                                     "nothing."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="deepdialogue, librilight: list the files and sizes, "
+                                     "fetch nothing."),
         workers: int = typer.Option(8, "--workers", "-j", help="deepdialogue: parallel downloads."),
         split: str = typer.Option("dev-clean", "--split", help="librispeech: the split (see --list)."),
         mirror: str = typer.Option(None, "--mirror", help="librispeech: base URL of an openslr mirror "
-                                   "(default https://www.openslr.org/resources/12).", show_default=False),
-        keep_archive: bool = typer.Option(False, "--keep-archive", help="librispeech: keep the .tar.gz."),
+                                   "(default https://www.openslr.org/resources/12); librilight: of the tars "
+                                   "(default https://dl.fbaipublicfiles.com/librilight/data).", show_default=False),
+        keep_archive: bool = typer.Option(False, "--keep-archive", help="librispeech, librilight: keep the "
+                                          "archive."),
         dialogues: int = typer.Option(20, "--dialogues", help="synthetic: number of dialogues."),
         seed: int = typer.Option(0, "--seed", help="synthetic: the seed (same seed, same files)."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
@@ -63,6 +71,8 @@ def register(app: typer.Typer) -> None:
             synthetic(target, dialogues, seed, recall_exchanges)
         elif source == "librispeech":
             _librispeech(target, split, mirror, keep_archive)
+        elif source == "librilight":
+            _librilight(target, subset, mirror, keep_archive, dry_run)
         else:
             _deepdialogue(target, subset, workers, dry_run)
 
@@ -106,6 +116,35 @@ def _librispeech(target: Path, split: str, mirror: str | None, keep_archive: boo
     table.add_row("utterances", f"{summary.files} flac files" + (" (md5 checked)" if summary.downloaded else ""))
     table.add_row("next", f"omnittt preprocess librispeech {summary.path.parent} --split {split}")
     console.print(table)
+
+
+def _librilight(target: Path, subset: str | None, mirror: str | None, keep_archive: bool, dry_run: bool) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console
+    from omnittt.data.download import LIBRILIGHT_URL, download_librilight, human, librilight_subsets
+
+    summaries = []
+    with _bytes_progress() as progress:
+        for name in librilight_subsets(subset):  # all names checked before anything is fetched
+            summaries.append(download_librilight(name, target, mirror=mirror or LIBRILIGHT_URL,
+                                                 keep_archive=keep_archive, dry_run=dry_run, progress=progress))
+    table = Table(title="LibriLight" + (" (dry run: nothing fetched)" if dry_run else ""), title_justify="left")
+    for column in ("subset", "size", "state"):
+        table.add_column(column, overflow="fold")
+    for s in summaries:
+        size = f"{human(s.bytes)} ({s.bytes:,} bytes)" if s.bytes is not None else "-"
+        if s.downloaded:
+            state = f"fetched: {s.files} flac files (size checked)"
+        elif not s.dry_run or s.path.is_dir():
+            state = f"already there: {s.files} flac files"
+        else:
+            state = "would fetch" + (f" (resumes after {human(s.partial)})" if s.partial else "")
+        table.add_row(s.subset, size, state)
+    console.print(table)
+    console.print(f"from {summaries[0].url.rsplit('/', 1)[0]}/ into {summaries[0].path.parent}")
+    if not dry_run:
+        console.print(f"next: omnittt preprocess librilight {summaries[0].path.parent} --output DIR (an audio index)")
 
 
 def _deepdialogue(target: Path, subset: str | None, workers: int, dry_run: bool) -> None:

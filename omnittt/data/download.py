@@ -9,6 +9,12 @@
   with a Range request after an interruption, checked against the publisher's md5 (a damaged archive is deleted
   and the rerun fetches it again), then extracted safely (tarfile's `data` filter) into a temp folder and
   renamed to `<to>/<split>/`.
+- LibriLight (github.com/facebookresearch/libri-light) over plain HTTP: `<subset>.tar` (small ~35 GB, medium,
+  large, duplicate) the same way, but no checksums are published, so the size is what is checked: a HEAD request
+  gives the server's Content-Length (what --dry-run lists), the `.part` is named after it (a file that changed
+  size on the server never resumes an old part), and a download that ends at another size is deleted and
+  refused. Extracted into `<to>/<subset>/<speaker>/<book>/` (the raw layout `omnittt preprocess librilight`
+  reads).
 
 Offline (no network, or HF_HUB_OFFLINE=1) is one line naming what could not be reached. Nothing here runs
 unless a user asks for it: tests use a local server.
@@ -27,6 +33,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,7 @@ DEEPDIALOGUE_FOLDERS = (
 )
 
 LIBRISPEECH_URL = "https://www.openslr.org/resources/12"
+LIBRILIGHT_URL = "https://dl.fbaipublicfiles.com/librilight/data"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,13 @@ LIBRISPEECH: dict[str, Archive] = {
     "train-clean-100": Archive(6_300_000_000, "2a93770f6d5c6c964bc36631d331a522", 100.6),
     "train-clean-360": Archive(23_000_000_000, "c0e676e450a7ff2f54aeade5171606fa", 363.6),
     "train-other-500": Archive(30_000_000_000, "d1a0fd59409feb2c614ce4d30c387708", 496.7),
+}
+# libri-light's data_preparation/README.md (sizes rounded: the download is checked against Content-Length)
+LIBRILIGHT: dict[str, tuple[int, float]] = {
+    "small": (35_000_000_000, 577),
+    "medium": (321_000_000_000, 5193),
+    "large": (3_050_000_000_000, 51934),
+    "duplicate": (274_000_000_000, 4500),
 }
 CHUNK = 1 << 20
 DISK_MARGIN = 1 << 30  # leave 1 GB free
@@ -85,6 +100,10 @@ def catalog() -> list[dict[str, str]]:
         rows.append({"source": "librispeech", "what": f"LibriSpeech {split} ({archive.hours:g} h read speech, FLAC)",
                      "size": human(archive.size) + " (+ as much extracted)",
                      "command": f"omnittt download librispeech --split {split}"})
+    for subset, (size, hours) in LIBRILIGHT.items():
+        rows.append({"source": "librilight", "what": f"LibriLight {subset} ({hours:g} h untranscribed read speech, "
+                     "FLAC + VAD .json)", "size": f"~{human(size)} (+ as much extracted)",
+                     "command": f"omnittt download librilight --subset {subset}"})
     rows.append({"source": "synthetic", "what": "espeak-ng dialogues made here, offline (number, name, recall)",
                  "size": "small (made locally)", "command": "omnittt download synthetic --dialogues 20"})
     return rows
@@ -112,30 +131,63 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _open(request: urllib.request.Request, url: str, name: str, timeout: float) -> Any:
+    """urlopen, its failures as one line (HTTPError 416 is re-raised: the caller knows what it means)."""
+    try:
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) URLs we build
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:
+            raise
+        raise UserError(f"{url}: HTTP {exc.code} {exc.reason}",
+                        fix="check the split/subset name and the --mirror URL, or try again later") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        host = urllib.parse.urlsplit(url).netloc
+        raise UserError(f"cannot reach {host} to fetch {name} ({reason}): offline?",
+                        fix="check the network (or use --mirror URL), then rerun: it resumes") from None
+
+
+def http_size(url: str, timeout: float = 30.0, description: str | None = None) -> int | None:
+    """The server's Content-Length for `url` (a HEAD request), or None when it gives none."""
+    request = urllib.request.Request(url, method="HEAD")
+    with _open(request, url, description or url.rsplit("/", 1)[-1], timeout) as response:
+        length = response.headers.get("Content-Length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def part_path(target: Path, size: int | None) -> Path:
+    """Where `http_download` keeps an unfinished download: `<name>.part`, or `<name>.<size>.part` when the size
+    is known, so that a part of an older file of another size is never resumed."""
+    return target.with_name(f"{target.name}.{size}.part" if size is not None else f"{target.name}.part")
+
+
 def http_download(url: str, target: Path, md5: str | None, progress: Any = None, timeout: float = 30.0,
-                  description: str | None = None) -> Path:
-    """Fetch `url` to `target` through `target.part`, resuming a `.part` left by an interrupted run with a
-    Range request; check the md5 (a mismatch deletes the file and fails). Returns `target`."""
+                  description: str | None = None, size: int | None = None) -> Path:
+    """Fetch `url` to `target` through a `.part` file, resuming a part left by an interrupted run with a Range
+    request; check the md5 (a mismatch deletes the file and fails) and, when `size` (the server's
+    Content-Length, see `http_size`) is given, the size (likewise). Returns `target`."""
     name = description or target.name
     if target.exists():
         return target
-    part = target.with_name(target.name + ".part")
+    part = part_path(target, size)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None:  # parts of the file at another size (it changed on the server) are of no use
+        for stale in target.parent.glob(f"{glob_escape(target.name)}.*.part"):
+            if stale != part:
+                stale.unlink()
     start = part.stat().st_size if part.exists() else 0
-    host = urllib.parse.urlsplit(url).netloc
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-    try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) URLs we build
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and start:  # nothing after `start`: the part is complete
-            response = None
-        else:
-            raise UserError(f"{url}: HTTP {exc.code} {exc.reason}",
-                            fix="check the split name / --mirror URL, or try again later") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(f"cannot reach {host} to fetch {name} ({reason}): offline?",
-                        fix="check the network (or use --mirror URL), then rerun: it resumes") from None
+    if size is not None and start > size:
+        part.unlink()
+        raise UserError(f"{name}: the partial download holds {start} bytes, more than the server's {size}; "
+                        "it was deleted", fix="rerun to fetch it again")
+    response = None
+    if size is None or start < size:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+        try:
+            response = _open(request, url, name, timeout)
+        except urllib.error.HTTPError as exc:  # 416: nothing after `start`, the part is complete
+            if not start:
+                raise UserError(f"{url}: HTTP {exc.code} {exc.reason}", fix="try again later") from None
     task = None
     if response is not None:
         with response:
@@ -143,6 +195,9 @@ def http_download(url: str, target: Path, md5: str | None, progress: Any = None,
                 start = 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length is not None else None
+            if size is not None and total is not None and total != size:  # nothing of it is written
+                raise UserError(f"{name}: the server now sends {total} bytes, but its Content-Length was {size}",
+                                fix="rerun (if it fails again, try another --mirror)")
             if progress is not None:
                 task = progress.add_task(name, total=total, completed=start)
             try:
@@ -157,6 +212,11 @@ def http_download(url: str, target: Path, md5: str | None, progress: Any = None,
             if total is not None and part.stat().st_size != total:
                 raise UserError(f"download of {name} interrupted after {human(part.stat().st_size)} of "
                                 f"{human(total)}", fix="rerun the same command: it resumes")
+    if size is not None and part.stat().st_size != size:
+        got = part.stat().st_size
+        part.unlink()
+        raise UserError(f"{name}: {got} bytes fetched, but the server's Content-Length is {size}; the download "
+                        "was deleted", fix="rerun to fetch it again (if it fails again, try another --mirror)")
     if md5 is not None:
         got = file_md5(part)
         if got != md5:
@@ -205,9 +265,10 @@ def download_librispeech(split: str, to: str | os.PathLike, mirror: str = LIBRIS
     return LibriSpeechSummary(split, final, files, downloaded=True)
 
 
-def _extract(archive: Path, to: Path, split: str, progress: Any) -> int:
-    """Members `LibriSpeech/<split>/...` into a temp folder, renamed to `<to>/<split>` when complete; the
-    top-level text files (README, SPEAKERS, CHAPTERS, BOOKS, LICENSE) beside it."""
+def _extract(archive: Path, to: Path, split: str, progress: Any, top: str | None = "LibriSpeech") -> int:
+    """Members `<top>/<split>/...` (LibriSpeech) or `<split>/...` (`top` None: LibriLight) into a temp folder,
+    renamed to `<to>/<split>` when complete; with a `top`, its own files (README, SPEAKERS, CHAPTERS, BOOKS,
+    LICENSE) beside it. Returns the number of .flac files."""
     scratch = to / ".download" / f"extract-{split}"
     if scratch.exists():  # a killed extraction
         shutil.rmtree(scratch)
@@ -215,14 +276,18 @@ def _extract(archive: Path, to: Path, split: str, progress: Any) -> int:
     task = progress.add_task(f"extract {split}", total=None) if progress is not None else None
     files = 0
     try:
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(archive, "r:*") as tar:
             for member in tar:
-                parts = member.name.split("/")
-                if parts[0] != "LibriSpeech" or len(parts) < 2 or not parts[1]:
+                parts = [part for part in member.name.split("/") if part not in ("", ".")]
+                if top is not None:
+                    if not parts or parts[0] != top or len(parts) < 2:
+                        continue
+                    parts = parts[1:]
+                    if len(parts) > 1 and parts[0] != split:
+                        continue  # only this split's folder (an archive of another split is refused below)
+                elif not parts or parts[0] != split:
                     continue
-                if len(parts) > 2 and parts[1] != split:
-                    continue  # only this split's folder (an archive of another split is refused below)
-                member.name = "/".join(parts[1:])
+                member.name = "/".join(parts)
                 tar.extract(member, scratch, filter="data")
                 files += int(member.name.endswith(".flac"))
                 if task is not None:
@@ -234,13 +299,71 @@ def _extract(archive: Path, to: Path, split: str, progress: Any) -> int:
                         fix="rerun to fetch it again") from None
     if not (scratch / split).is_dir():
         shutil.rmtree(scratch, ignore_errors=True)
-        raise UserError(f"{archive}: holds no LibriSpeech/{split}/ folder", fix="check --mirror and --split")
+        folder = f"{top}/{split}" if top else split
+        raise UserError(f"{archive}: holds no {folder}/ folder", fix="check --mirror and --split/--subset")
     for extra in scratch.iterdir():
         if extra.is_file() and not (to / extra.name).exists():
             os.replace(extra, to / extra.name)
     os.replace(scratch / split, to / split)
     shutil.rmtree(scratch, ignore_errors=True)
     return files
+
+
+# ------------------------------------------------------------------------------------------- LibriLight
+
+
+@dataclass
+class LibriLightSummary:
+    subset: str
+    path: Path  # <to>/<subset>
+    url: str
+    bytes: int | None  # the server's Content-Length (None: already there, or the server gave none)
+    files: int  # flac files extracted (0 on a dry run)
+    downloaded: bool  # False: already there, or a dry run
+    dry_run: bool = False
+    partial: int = 0  # bytes of an unfinished download a rerun resumes from
+
+
+def librilight_subsets(subset: str | None) -> list[str]:
+    """`--subset small,medium` -> the names, checked (default: small)."""
+    names = [name.strip() for name in (subset or "small").split(",") if name.strip()]
+    unknown = [name for name in names if name not in LIBRILIGHT]
+    if unknown or not names:
+        raise UserError(f"unknown LibriLight subset {', '.join(unknown) or repr(subset)}",
+                        fix=f"use one of: {', '.join(LIBRILIGHT)} (comma-separated for several)")
+    return list(dict.fromkeys(names))
+
+
+def download_librilight(subset: str, to: str | os.PathLike, mirror: str = LIBRILIGHT_URL,
+                        keep_archive: bool = False, dry_run: bool = False, progress: Any = None,
+                        timeout: float = 30.0) -> LibriLightSummary:
+    """`<mirror>/<subset>.tar` -> `<to>/<subset>/<speaker>/<book>/<file>.flac + .json`. No checksums are
+    published: the download is checked against the server's Content-Length (HEAD), resumed after an
+    interruption, and extracted only when complete. `dry_run`: the HEAD alone (the size), nothing written."""
+    (subset,) = librilight_subsets(subset)
+    to = Path(to).resolve()
+    final = to / subset
+    url = f"{mirror.rstrip('/')}/{subset}.tar"
+    if final.is_dir():
+        return LibriLightSummary(subset, final, url, None, sum(1 for _ in final.rglob("*.flac")), downloaded=False,
+                                 dry_run=dry_run)
+    size = http_size(url, timeout=timeout, description=f"{subset}.tar")
+    archive = to / ".download" / f"{subset}.tar"
+    part = part_path(archive, size)
+    have = part.stat().st_size if part.exists() else 0
+    if dry_run:
+        return LibriLightSummary(subset, final, url, size, 0, downloaded=False, dry_run=True, partial=have)
+    if not archive.exists():
+        expected = size if size is not None else LIBRILIGHT[subset][0]
+        check_disk_space(to, max(expected - have, 0) + expected, f"LibriLight {subset} (archive + extracted)")
+    http_download(url, archive, None, progress=progress, timeout=timeout, description=f"{subset}.tar", size=size)
+    files = _extract(archive, to, subset, progress, top=None)
+    if not keep_archive:
+        archive.unlink()
+        staging = archive.parent
+        if staging.is_dir() and not any(staging.iterdir()):
+            staging.rmdir()
+    return LibriLightSummary(subset, final, url, size, files, downloaded=True)
 
 
 # --------------------------------------------------------------------------------------- DeepDialogue

@@ -60,19 +60,25 @@ def make_librispeech(base: Path) -> dict:
 
 
 def make_dailytalk(base: Path) -> dict:
-    """`base/DailyTalk/data/<d>/<u>_<spk>_d<d>.wav + .txt` (44.1 kHz), plus metadata.json. Dialogue 0 is clean
-    (speaker 1 opens it, so speaker 1 is the user); in dialogue 1 the user's utterance 2 has no wav; in
-    dialogue 2 the first wav does not decode; dialogue 10 checks numeric order. Returns {conversation_id:
-    {"replies": [kept replies], "errors": [(reason, exchange)]}}."""
+    """`base/DailyTalk/data/<d>/<u>_<spk>_d<d>.wav + .txt` (44.1 kHz), plus metadata.json in the real shape
+    `{"<d>": {"<u>": {speaker, text, index, turn, topic, emotion, act}}}`. Dialogue 0 is clean (speaker 1 opens
+    it, so speaker 1 is the user); in dialogue 1 the user's utterance 2 has no wav; in dialogue 2 the first wav
+    does not decode; dialogue 10 checks numeric order and has no metadata entry. Returns {conversation_id:
+    {"replies": [kept replies], "errors": [(reason, exchange)], "labels": {"topic", "emotions", "acts"} or
+    None}}."""
     root = base / "DailyTalk"
     data = root / "data"
     (root).mkdir(parents=True)
-    (root / "metadata.json").write_text(json.dumps({"0": {"topic": "ordinary_life"}}))
+    emotions = ("no emotion", "happiness", "surprise", "sadness", "anger", "disgust", "fear")
+    acts = ("inform", "question", "directive", "commissive")
+    topics = {0: "ordinary_life", 1: "work", 2: "relationship"}
+    metadata: dict = {}
     expect: dict = {}
     for d, n, first in ((0, 4, 1), (1, 6, 0), (2, 4, 0), (10, 2, 1)):
         folder = data / str(d)
         folder.mkdir(parents=True)
         replies = []
+        labels = {"topic": topics.get(d), "emotions": [], "acts": []} if d in topics else None
         for u in range(n):
             spk = first if u % 2 == 0 else 1 - first
             stem = folder / f"{u}_{spk}_d{d}"
@@ -81,6 +87,12 @@ def make_dailytalk(base: Path) -> dict:
             stem.with_suffix(".txt").write_text(text + "\n")
             if u % 2 == 1:
                 replies.append(text)
+            if labels is not None:
+                emotion, act = emotions[(d + u) % len(emotions)], acts[(2 * d + u) % len(acts)]
+                labels["emotions"].append(emotion)
+                labels["acts"].append(act)
+                metadata.setdefault(str(d), {})[str(u)] = {"speaker": spk, "text": text, "index": u, "turn": u // 2,
+                                                           "topic": labels["topic"], "emotion": emotion, "act": act}
         errors: list = []
         if d == 1:
             (folder / "2_0_d1.wav").unlink()
@@ -90,7 +102,8 @@ def make_dailytalk(base: Path) -> dict:
             (folder / "0_0_d2.wav").write_bytes(GARBAGE)
             errors = [("unreadable_audio", 0), ("after_hole", 1)]
             replies = []
-        expect[f"d{d}"] = {"replies": replies, "errors": errors}
+        expect[f"d{d}"] = {"replies": replies, "errors": errors, "labels": labels}
+    (root / "metadata.json").write_text(json.dumps(metadata, indent=1))
     return expect
 
 
@@ -161,3 +174,33 @@ def make_librilight(base: Path) -> dict:
     broken.with_suffix(".json").write_text(json.dumps({"speaker": "2043", "snr": 3.0, "book_meta": {}}))
     bad.append("small/2043/emma_0001_librivox/emma_02_austen.flac")
     return {"root": root, "good": sorted(good), "bad": bad}
+
+
+def make_librilight_cut(base: Path, extension: str = ".flac") -> dict:
+    """What libri-light's data_preparation/cut_by_vad.py writes: `base/<speaker>/<book_id>/<stem>_NNNN<ext>`,
+    no .json, no subset folder. sea_fairies_01_baum is cut in 12 pieces (numbers past 9 check the order),
+    sea_fairies_02_baum in 3 (piece 2 does not decode), emma_01_austen's pieces are numbered 9999 and 10000
+    (`_{i:04}` grows a digit there); `notes<ext>` in its folder is not a cut. Returns the root, the expected
+    {(speaker, book_id, recording): [(segment, duration_sec), ...]} and the error (path, reason) pairs."""
+    import soundfile as sf
+
+    recordings: dict = {}
+    errors = []
+    for spk, book, stem, segments in (("100", "0812", "sea_fairies_01_baum", range(12)),
+                                      ("100", "0812", "sea_fairies_02_baum", range(3)),
+                                      ("2043", "0001", "emma_01_austen", (9999, 10000))):
+        folder = base / spk / book
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, segment in enumerate(segments):
+            name = f"{stem}_{segment:04}{extension}"
+            if (stem, segment) == ("sea_fairies_02_baum", 2):
+                (folder / name).write_bytes(GARBAGE)
+                errors.append((f"{spk}/{book}/{name}", "unreadable_audio"))
+                continue
+            seconds = round(0.1 + 0.01 * k, 2)
+            fmt = {".flac": "FLAC", ".wav": "WAV", ".mp3": "MP3"}[extension]
+            sf.write(folder / name, tone(seconds, 16_000, 200 + 15 * k), 16_000, format=fmt)
+            recordings.setdefault((spk, book, stem), []).append((segment, seconds))
+    sf.write(base / "2043" / "0001" / f"notes{extension}", tone(0.1, 16_000), 16_000)
+    errors.append((f"2043/0001/notes{extension}", "bad_name"))
+    return {"root": base, "recordings": recordings, "errors": sorted(errors)}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from fake_corpora import write_dialogue
 from local_servers import closed_port, serve
-from source_corpora import make_librispeech
+from source_corpora import make_librilight, make_librispeech
 from typer.testing import CliRunner
 
 from omnittt.data import download
@@ -110,6 +110,7 @@ def test_list_shows_what_can_be_fetched_and_its_size():
         assert split in result.output
     assert "337.9 MB" in result.output and "30.0 GB" in result.output
     assert "deepdialogue" in result.output and "~173 GB" in result.output and "synthetic" in result.output
+    assert "LibriLight small" in result.output and "~35.0 GB" in result.output
 
 
 # ------------------------------------------------------------------------------------- the Hub path
@@ -204,3 +205,93 @@ def test_hub_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="offline mode is on"):
         download_deepdialogue(tmp_path / "d", subset="phi4-mini")
     assert not (tmp_path / "d").exists()
+
+
+# ------------------------------------------------------------------------------------------- LibriLight
+
+
+@pytest.fixture(scope="module")
+def librilight_tar(tmp_path_factory):
+    """LibriLight's small.tar as published: an uncompressed tar of `small/<speaker>/<book>/<file>.flac + .json`."""
+    base = tmp_path_factory.mktemp("ll_src")
+    info = make_librilight(base)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(info["root"] / "small", "small")
+    return info["root"] / "small", buffer.getvalue()
+
+
+class _ChangesAfterHead(dict):
+    """A mirror whose file is replaced between the HEAD and the GET (the GET sends fewer bytes)."""
+
+    def __init__(self, files: dict[str, bytes], name: str) -> None:
+        super().__init__(files)
+        self.name, self.reads = name, 0
+
+    def __getitem__(self, key: str) -> bytes:
+        data = super().__getitem__(key)
+        if key == self.name:
+            self.reads += 1
+            return data if self.reads == 1 else data[:-512]
+        return data
+
+
+def test_librilight_dry_run_then_interrupted_download_resumes(librilight_tar, tmp_path):
+    from omnittt.cli.app import app
+
+    source, data = librilight_tar
+    to = tmp_path / "LibriLight"
+    runner = CliRunner()
+    with serve({"small.tar": data}) as (url, state):
+        result = runner.invoke(app, ["download", "librilight", "--subset", "small", "--to", str(to), "--mirror", url,
+                                     "--dry-run"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert f"{len(data):,} bytes" in result.output and "would fetch" in result.output
+        assert [r[0] for r in state.requests] == ["HEAD"] and not to.exists()  # nothing fetched, nothing written
+        state.cut_after["small.tar"] = len(data) // 3
+        with pytest.raises(UserError, match="interrupted") as err:
+            download.download_librilight("small", to, mirror=url, timeout=5)
+        assert "resumes" in err.value.fix
+        part = to / ".download" / f"small.tar.{len(data)}.part"
+        assert part.stat().st_size == len(data) // 3 and not (to / "small").exists()
+        result = runner.invoke(app, ["download", "librilight", "--to", str(to), "--mirror", url], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        gets = [r[2] for r in state.requests if r[0] == "GET"]
+    assert gets == [None, f"bytes={len(data) // 3}-"]  # the rerun asked only for the rest
+    assert "fetched" in result.output and "omnittt preprocess librilight" in result.output
+    assert _tree(to / "small") == _tree(source) and not (to / ".download").exists()
+    again = download.download_librilight("small", to, mirror="http://127.0.0.1:9")  # no network needed
+    assert not again.downloaded and again.files == len(list(source.rglob("*.flac")))
+    from omnittt.data.sources import detect
+
+    assert detect(to)[0] == "librilight"
+
+
+def test_librilight_size_mismatch_is_refused_and_nothing_is_half_written(librilight_tar, tmp_path):
+    from omnittt.cli.app import app
+
+    _, data = librilight_tar
+    to = tmp_path / "LibriLight"
+    with serve(_ChangesAfterHead({"small.tar": data}, "small.tar")) as (url, _):
+        result = CliRunner().invoke(app, ["download", "librilight", "--to", str(to), "--mirror", url])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert f"small.tar: the server now sends {len(data) - 512} bytes, but its Content-Length was {len(data)}" \
+        in lines[0]
+    assert not [p for p in to.rglob("*") if p.is_file()] and not (to / "small").exists()
+
+
+def test_librilight_part_of_another_size_is_not_resumed(librilight_tar, tmp_path):
+    source, data = librilight_tar
+    to = tmp_path / "LibriLight"
+    stale = to / ".download" / "small.tar.4096.part"  # an older small.tar of another size, cut off
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 1000)
+    with serve({"small.tar": data}) as (url, state):
+        summary = download.download_librilight("small", to, mirror=url, keep_archive=True, timeout=5)
+        gets = [r[2] for r in state.requests if r[0] == "GET"]
+    assert gets == [None] and not stale.exists()
+    assert (to / ".download" / "small.tar").read_bytes() == data and summary.bytes == len(data)
+    assert _tree(to / "small") == _tree(source)
+    with pytest.raises(UserError, match="unknown LibriLight subset tiny"):
+        download.librilight_subsets("small,tiny")

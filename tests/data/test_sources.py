@@ -16,6 +16,7 @@ from source_corpora import (
     make_commonvoice,
     make_dailytalk,
     make_librilight,
+    make_librilight_cut,
     make_librispeech,
 )
 from typer.testing import CliRunner
@@ -36,6 +37,7 @@ def corpora(tmp_path_factory):
         "dailytalk": (base / "DailyTalk", make_dailytalk(base)),
         "commonvoice": (base / "cv-corpus-17.0", make_commonvoice(base)),
         "librilight": make_librilight(base),
+        "librilight_cut": make_librilight_cut(base / "librilight_cut" / "small_cut"),
     }
 
 
@@ -115,7 +117,36 @@ def test_dailytalk_dialogues(corpora, tmp_path, tokenizer):
     # the speaker who opens the dialogue is the user: d0 and d10 are opened by speaker 1
     assert {ds.load(e)["speaker_id"] for e in ds.index if e["conversation_id"] in ("d0", "d10")} == {"1"}
     assert summary.stats["converted_files"] == len(ds.index)  # 44.1 kHz -> 16 kHz
+    # metadata.json's labels reach each conversation's manifest line (per utterance number u)
+    manifest = {m["conversation_id"]: m for m in ds.manifest}
+    for cid, entry in manifest.items():
+        labels = expect[cid]["labels"]
+        got = {k: entry[k] for k in ("topic", "emotions", "acts") if k in entry}
+        assert got == (labels or {}), cid
+    assert manifest["d0"]["topic"] == "ordinary_life" and manifest["d0"]["emotions"][1] == "happiness"
     _validate_ok(out)
+
+
+def test_dailytalk_labels_from_the_data_folder_and_a_broken_metadata_json(corpora, tmp_path):
+    import shutil
+
+    from omnittt.data.sources import dailytalk
+
+    root, expect = corpora["dailytalk"]
+    refs = {ref.conversation_id: ref for ref in dailytalk.discover(root / "data")}  # metadata.json one level up
+    conv = dailytalk.read(root / "data", refs["d1"])
+    assert [t.metadata.get("emotion") for t in conv.turns] == expect["d1"]["labels"]["emotions"]
+    assert [t.metadata.get("act") for t in conv.turns] == expect["d1"]["labels"]["acts"]
+    assert {t.metadata.get("topic") for t in conv.turns} == {"work"}
+    assert dailytalk.read(root, refs["d10"]).metadata == {"dialogue": 10}  # no entry: no labels
+    broken = tmp_path / "DailyTalk"
+    shutil.copytree(root, broken)
+    (broken / "metadata.json").write_text('{"0": {"0": {"emotion": ')
+    with pytest.raises(UserError, match=r"metadata\.json: does not parse") as err:
+        dailytalk.discover(broken)
+    assert "move it away" in err.value.fix
+    (broken / "metadata.json").unlink()  # without it: no labels, no error
+    assert all(ref.items == () for ref in dailytalk.discover(broken))
 
 
 def test_commonvoice_grouped_clips(corpora, tmp_path, tokenizer):
@@ -140,6 +171,24 @@ def test_commonvoice_grouped_clips(corpora, tmp_path, tokenizer):
                                      split="other"))
 
 
+def test_commonvoice_refuses_up_front_a_libsndfile_without_mp3(tmp_path):
+    from omnittt.data.sources.commonvoice import mp3_unsupported, require_mp3
+
+    formats = {"WAV": "Microsoft", "FLAC": "Free Lossless Audio Codec", "OGG": "OGG (Ogg Container format)"}
+    assert mp3_unsupported("1.2.2", {**formats, "MP3": "MPEG-1/2 Audio"}) is None
+    assert mp3_unsupported("1.1.0", ["MP3", "WAV"]) is None
+    assert mp3_unsupported("1.0.31", formats) == "libsndfile 1.0.31 cannot decode MP3 (it needs libsndfile >= 1.1.0)"
+    assert mp3_unsupported("1.0.28-exp", {**formats, "MP3": "?"}).startswith("libsndfile 1.0.28-exp cannot")
+    assert mp3_unsupported("1.2.0", formats) == "libsndfile 1.2.0 was built without MP3 support"
+    clips = tmp_path / "en" / "clips"
+    with pytest.raises(UserError) as err:
+        require_mp3(clips, "1.0.31", formats)
+    assert str(err.value.message) == (f"{clips}: the Common Voice clips are MP3, but libsndfile 1.0.31 cannot "
+                                      "decode MP3 (it needs libsndfile >= 1.1.0)")
+    assert "soundfile>=0.12" in err.value.fix and "\n" not in str(err.value)
+    require_mp3(clips, "1.2.2", ["MP3"])  # fine: no error
+
+
 def test_librilight_writes_an_audio_index_and_no_samples(corpora, tmp_path):
     from omnittt.data.sources import librilight
 
@@ -151,6 +200,7 @@ def test_librilight_writes_an_audio_index_and_no_samples(corpora, tmp_path):
     first = next(line for line in lines if line["path"].endswith("sea_fairies_01_baum.flac"))
     assert (first["speaker"], first["book"], first["subset"]) == ("100", "sea_fairies_0812_librivox", "small")
     assert first["metadata"]["voice_activity"] and first["snr"] == 12.5 and first["book_id"] == "0812"
+    assert (first["layout"], first["recording"], first["segment"]) == ("raw", "sea_fairies_01_baum", 0)
     assert next(line for line in lines if "emma_01" in line["path"])["metadata"] is None
     assert [(e["path"], e["reason"]) for e in _errors(out)] == [(p, "unreadable_audio") for p in info["bad"]]
     assert summary.files == 3 and summary.without_metadata == 1 and summary.stats["samples"] == 0
@@ -159,6 +209,63 @@ def test_librilight_writes_an_audio_index_and_no_samples(corpora, tmp_path):
         open_dataset(out)
     with pytest.raises(UserError, match="audio-only"):
         preprocess(PreprocessOptions(source="librilight", input_dir=str(info["root"]), output=str(tmp_path / "n")))
+
+
+def _index(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "audio_index.jsonl").read_text().splitlines()]
+
+
+def test_librilight_vad_cut_layout_is_indexed_by_recording_and_segment(corpora, tmp_path):
+    """The layout libri-light's cut_by_vad.py writes: each piece names its recording and its number, and a
+    recording's pieces come consecutive and in numeric order (_9999 before _10000), ready for sessions."""
+    from omnittt.data.sources import librilight
+
+    info = corpora["librilight_cut"]
+    out = tmp_path / "cut"
+    summary = librilight.build_index(info["root"], out)
+    lines = _index(out)
+    assert {line["layout"] for line in lines} == {"vad_cut"} and {line["subset"] for line in lines} == {"small_cut"}
+    order = [(line["speaker"], line["book_id"], line["recording"]) for line in lines]
+    assert order == [key for key, pieces in info["recordings"].items() for _ in pieces]  # consecutive, in order
+    got = {}
+    for line in lines:
+        assert line["book"] == line["book_id"] and line["metadata"] is None and line["snr"] is None
+        assert line["path"] == f"{line['speaker']}/{line['book_id']}/{line['recording']}_{line['segment']:04}.flac"
+        got.setdefault((line["speaker"], line["book_id"], line["recording"]), []).append(
+            (line["segment"], line["duration_sec"]))
+    assert got == info["recordings"]
+    assert sorted((e["path"], e["reason"]) for e in _errors(out)) == info["errors"]
+    assert summary.without_metadata == 0 and summary.stats["layouts"] == {"vad_cut": len(lines)}
+    assert summary.stats["recordings"] == 3 and summary.stats["files_found"] == len(lines) + len(info["errors"])
+
+
+def test_librilight_raw_and_cut_folders_side_by_side(corpora, tmp_path):
+    import shutil
+
+    from omnittt.cli.app import app
+    from omnittt.data.sources import librilight
+
+    both = tmp_path / "LibriLight"
+    shutil.copytree(corpora["librilight"]["root"] / "small", both / "small")
+    shutil.copytree(corpora["librilight_cut"]["root"], both / "small_cut")
+    make_librilight_cut(both / "mp3_cut", extension=".mp3")  # --out_extension .mp3
+    shutil.copy(both / "small_cut/100/0812/sea_fairies_01_baum_0000.flac", both / "small_cut/x_0000.flac")  # stray
+    assert detect(both)[0] == "librilight" and "small_cut (cut by VAD)" in detect(both)[1]
+    result = CliRunner().invoke(app, ["preprocess", "librilight", str(both), "--output", str(tmp_path / "ix")])
+    assert result.exit_code == 0, result.output
+    lines = _index(tmp_path / "ix")
+    counts = json.loads((tmp_path / "ix" / "preprocessing_stats.json").read_text())["layouts"]
+    pieces = sum(map(len, corpora["librilight_cut"]["recordings"].values()))
+    assert counts == {"raw": 3, "vad_cut": 2 * pieces}
+    mp3 = [(line["recording"], line["segment"]) for line in lines if line["path"].endswith(".mp3")]
+    assert mp3 == [(r, s) for (_, _, r), pieces in corpora["librilight_cut"]["recordings"].items() for s, _ in pieces]
+    # a raw file and the pieces cut from it share `recording`
+    raw = next(line for line in lines if line["layout"] == "raw" and line["recording"] == "sea_fairies_01_baum")
+    cut = [line for line in lines if line["subset"] == "small_cut" and line["recording"] == raw["recording"]]
+    assert raw["segment"] == 0 and [line["segment"] for line in cut] == list(range(12))
+    assert ("small_cut/x_0000.flac", "misplaced") in {(e["path"], e["reason"]) for e in _errors(tmp_path / "ix")}
+    librilight.build_index(both, tmp_path / "only_cut", split="small_cut")
+    assert {line["subset"] for line in _index(tmp_path / "only_cut")} == {"small_cut"}
 
 
 def test_auto_recognises_every_layout(corpora, tmp_path):
@@ -177,6 +284,8 @@ def test_auto_recognises_every_layout(corpora, tmp_path):
         corpora["dailytalk"][0]: "dailytalk", corpora["dailytalk"][0] / "data": "dailytalk",
         corpora["commonvoice"][0]: "commonvoice", corpora["commonvoice"][0] / "en": "commonvoice",
         corpora["librilight"]["root"]: "librilight", corpora["librilight"]["root"] / "small": "librilight",
+        corpora["librilight_cut"]["root"]: "librilight",  # numeric folders of flacs, yet not LibriSpeech
+        corpora["librilight_cut"]["root"].parent: "librilight",
     }
     assert {path: detect(path)[0] for path in cases} == cases
     with pytest.raises(UserError, match="no known corpus layout"):

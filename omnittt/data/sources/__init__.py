@@ -24,6 +24,7 @@ DEFAULT_INPUT: dict[str, str] = {
     "deepdialogue": "deepdialogue-xtts",
     "synthetic": "synthetic",
     "librispeech": "LibriSpeech",
+    "librilight": "LibriLight",
 }
 # The speaker that is the user in the dialogue task when --user-speaker is not given (None: the first
 # speaker of each conversation).
@@ -95,13 +96,15 @@ def get_source(name: str) -> ModuleType:
 
 def detect(root: str | os.PathLike) -> tuple[str, str]:
     """`auto`: (source, why) for the layout `root` holds. Sources are tried from the most specific layout
-    to the most general; the first that recognises it wins."""
+    to the most general; the first that recognises it wins. librilight comes before librispeech: a folder cut
+    by libri-light's cut_by_vad.py (`<speaker>/<book_id>/<file>_NNNN.flac`, numeric folders, no transcripts)
+    would otherwise pass for a LibriSpeech subset."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: not a directory", fix="give the corpus folder as INPUT")
     if (root / "synthetic.json").is_file() and get_source("synthetic").looks_like(root):
         return "synthetic", "synthetic.json beside a DeepDialogue layout (made by `omnittt download synthetic`)"
-    for name in ("deepdialogue", "librispeech", "librilight", "dailytalk", "commonvoice", "conversations"):
+    for name in ("deepdialogue", "librilight", "librispeech", "dailytalk", "commonvoice", "conversations"):
         why = get_source(name).looks_like(root)
         if why:
             return name, why

@@ -8,12 +8,18 @@ no conversations: one speaker's clips (`client_id`), in TSV order, are grouped `
 pseudo-conversations `<locale>/<split>/<client_id[:16]>-<k>`, group `<locale>`. Only the ASR task applies.
 INPUT is a locale folder or a release folder holding several (`cv-corpus-*/<locale>/`); `--split` names the
 TSV (default `train`). A clip that is missing or does not decode skips that clip alone.
+
+The clips are MP3, which libsndfile decodes from version 1.1.0 on (built with mpg123). `discover` checks that
+first (`mp3_unsupported`) and stops in one line naming the libsndfile version, instead of reporting every clip
+as `unreadable_audio`.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from omnittt.data.conversation import Conversation, Turn
@@ -24,6 +30,28 @@ DEFAULT_SPLIT = "train"
 _REQUIRED = ("client_id", "path", "sentence")
 _KEPT = ("age", "gender", "accents", "accent", "locale", "variant")
 ID_CHARS = 16
+MP3_SINCE = (1, 1)  # libsndfile 1.1.0 added MP3 (mpg123 / lame)
+
+
+def mp3_unsupported(version: str, formats: Iterable[str]) -> str | None:
+    """Why libsndfile `version` with major `formats` (soundfile.__libsndfile_version__ and
+    soundfile.available_formats()) cannot decode MP3, or None when it can."""
+    match = re.search(r"(\d+)\.(\d+)", version or "")
+    old = match is not None and (int(match.group(1)), int(match.group(2))) < MP3_SINCE
+    if "MP3" in {str(name).upper() for name in formats} and not old:
+        return None
+    if old:
+        return f"libsndfile {version} cannot decode MP3 (it needs libsndfile >= 1.1.0)"
+    return f"libsndfile {version or '(unknown version)'} was built without MP3 support"
+
+
+def require_mp3(where: Path, version: str, formats: Iterable[str]) -> None:
+    """Raise the one-line UserError for `where` (the clips folder) when MP3 cannot be decoded."""
+    reason = mp3_unsupported(version, formats)
+    if reason:
+        raise UserError(f"{where}: the Common Voice clips are MP3, but {reason}",
+                        fix="pip install -U 'soundfile>=0.12' (its wheels bundle libsndfile 1.2 with MP3), or "
+                            "convert the clips to FLAC/WAV")
 
 
 def locales(root: Path) -> list[Path]:
@@ -61,6 +89,9 @@ def discover(root: Path, options: SourceOptions | None = None) -> list[Conversat
     if not found:
         raise UserError(f"{root}: no Common Voice locale here (no clips/ folder)",
                         fix="point INPUT at a locale folder (clips/ + train.tsv) or a release folder")
+    import soundfile as sf
+
+    require_mp3(found[0] / "clips", sf.__libsndfile_version__, sf.available_formats())
     refs = []
     for locale in found:
         tsv = locale / f"{split}.tsv"
