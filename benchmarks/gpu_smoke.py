@@ -86,7 +86,8 @@ def main() -> None:
         print("gpu_smoke: skipped: no CUDA GPU on this machine (torch.cuda.is_available() is False); "
               "--allow-cpu runs it on CPU anyway")
         return
-    from omnittt.core.presets import build_model, model_summary, set_trainable
+    from omnittt.core.presets import build_model, model_summary
+    from omnittt.train.trainable import set_trainable
 
     device = torch.device("cuda" if cuda else "cpu")
     dtype = getattr(torch, args.dtype)

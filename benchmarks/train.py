@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from omnittt.core.presets import build_model, parameter_groups
+from omnittt.core.presets import build_model
 from omnittt.train.optim import build_optimizer
+from omnittt.train.trainable import parameter_groups
 
 VARIANTS = {
     "ttt [2,3]": {"ttt_layers": [2, 3]},

@@ -1,5 +1,5 @@
 """The optimiser and learning-rate schedule: AdamW over named parameter groups, each with its own learning rate
-(from the speech model's `parameter_groups`), linear warmup then cosine decay to `min_lr_ratio`.
+(from `omnittt.train.trainable.parameter_groups`), linear warmup then cosine decay to `min_lr_ratio`.
 
 The schedule is a callable object, so `LambdaLR.state_dict()` holds plain numbers only and the scheduler state
 loads with `torch.load(weights_only=True)`.

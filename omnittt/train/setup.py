@@ -162,10 +162,11 @@ def _build(settings: TrainSettings, run: RunDir, source: Path | None, resume: Pa
     from accelerate import Accelerator
 
     from omnittt.core.features import build_feature_extractor
-    from omnittt.core.presets import model_summary, parameter_groups
+    from omnittt.core.presets import model_summary
     from omnittt.core.tokenizer import load_tokenizer
     from omnittt.data.dataset import ConversationLoader
     from omnittt.train.distributed import Processes, rescale_loader_state
+    from omnittt.train.trainable import parameter_groups
 
     processes = Processes()
     trainer_state = read_trainer_state(resume) if resume is not None else None

@@ -10,7 +10,7 @@ import torch
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.modeling_omnittt import shifted_cross_entropy
-from omnittt.core.presets import build_model, model_summary, parameter_groups, set_trainable
+from omnittt.core.presets import build_model, model_summary
 from omnittt.core.prompt import Exchange, PromptBuilder
 from omnittt.core.speech import (
     SAMPLE_RATE,
@@ -22,6 +22,7 @@ from omnittt.core.speech import (
 )
 from omnittt.core.speech_encoder import splice_speech
 from omnittt.errors import UserError
+from omnittt.train.trainable import parameter_groups, set_trainable
 
 MB = 16  # TTT mini-batch size of the test models: several mini-batches per exchange
 
