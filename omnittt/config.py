@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import yaml
 
 from omnittt.atomic import atomic_write_text
+from omnittt.core.ttt_config import TTTConfig
 from omnittt.errors import UserError
 
 T = TypeVar("T", bound="Settings")
 
-# Settings fields that belong to the model config (PretrainedConfig attribute names).
-MODEL_KEYS = ("ttt_layers", "ttt_type", "ttt_mode", "ttt_mini_batch_size", "ttt_base_lr", "attention_window")
+# Settings fields that belong to the model config: the TTT attributes (pure Python, no torch behind the import).
+MODEL_KEYS = TTTConfig.keys()
 
 
 @dataclasses.dataclass

@@ -22,11 +22,12 @@ from omnittt.core.speech import FULL_POSITIONS, SEGMENT_SAMPLES, SPEECH_POSITION
 from omnittt.core.speech_encoder import SpeechProjector, encode_segments, splice_speech
 from omnittt.core.ttt_cache import TTTCache
 from omnittt.core.ttt_layer import FP32_PARAMS
-from omnittt.core.ttt_llama import KEEP_FP32, TTTLlamaForCausalLM
+from omnittt.core.ttt_llama import TTTLlamaForCausalLM
 
 # Whisper's 30 s window: 3000 mel frames -> 1500 encoder positions. The speech arithmetic assumes it.
 WHISPER_SOURCE_POSITIONS = 1500
-# TTT parameters that hold (the initial value of) the inner state: float32 whatever the model is cast to.
+# TTT parameters that hold (the initial value of) the inner state: float32 whatever the model is cast to
+# (how: `ttt_layer.FP32_PARAMS`).
 TTT_STATE_PARAMS = FP32_PARAMS
 
 
@@ -78,7 +79,8 @@ def ttt_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 
 def keep_ttt_state_fp32(model: torch.nn.Module) -> None:
-    """Put the TTT inner-state parameters back to float32 (after a half-precision load or cast)."""
+    """Put the TTT inner-state parameters back to float32. A no-op after any load or cast: the layers keep them
+    float32 themselves (`ttt_layer.FP32_PARAMS`); kept for callers that still ask (loading.py)."""
     for _, module in ttt_modules(model):
         for name, param in module.named_parameters(recurse=False):
             if name in TTT_STATE_PARAMS and param.dtype != torch.float32:
@@ -94,7 +96,6 @@ class OmniTTTPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["LlamaDecoderLayer", "WhisperEncoderLayer"]
     _is_stateful = True
-    _keep_in_fp32_modules_strict = KEEP_FP32  # TTT inner state loads as float32 under dtype=fp16/bf16
 
     @torch.no_grad()
     def _init_weights(self, module: torch.nn.Module) -> None:

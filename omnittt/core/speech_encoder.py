@@ -89,7 +89,6 @@ def splice_speech(
     (it must be mask 0), so that rows of different speech length keep their own mini-batch alignment.
     """
     batch, length = input_ids.shape
-    device = input_ids.device
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     is_speech = input_ids == SPEECH_TOKEN_INDEX
@@ -99,27 +98,49 @@ def splice_speech(
             f"input_ids hold {n_placeholders} speech placeholders but {len(speech_embeds)} speech segments "
             "were given (one input_features row per placeholder, in order)"
         )
-    # Width of each pre-splice token after splicing: 1 for text, the segment's positions for a placeholder.
-    widths = torch.ones(batch, length, dtype=torch.long, device=device)
+    seg_positions = torch.tensor([e.shape[0] for e in speech_embeds], dtype=torch.long, device=input_ids.device)
+    starts, row_lengths = _spliced_starts(is_speech, seg_positions, attention_mask, num_positions)
+    new_ids, new_mask, new_labels = _place_tokens(
+        input_ids, attention_mask, labels, ~is_speech & (starts < row_lengths[:, None]), starts,
+        int(row_lengths.max()) if batch else 0, pad_token_id,
+    )
+    inputs_embeds = embed_tokens(new_ids)
     if n_placeholders:
-        seg_positions = torch.tensor([e.shape[0] for e in speech_embeds], dtype=torch.long, device=device)
+        inputs_embeds = _place_speech(inputs_embeds, new_mask, speech_embeds, is_speech, starts, seg_positions)
+    return inputs_embeds, new_mask, new_labels
+
+
+def _spliced_starts(is_speech: torch.Tensor, seg_positions: torch.Tensor, attention_mask: torch.Tensor,
+                    num_positions: torch.Tensor | Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each pre-splice token starts after splicing `[B, T]`, and each row's spliced length `[B]` (cut to
+    `num_positions` when given, which must keep all real content)."""
+    batch, length = is_speech.shape
+    # Width of each pre-splice token after splicing: 1 for text, the segment's positions for a placeholder.
+    widths = torch.ones(batch, length, dtype=torch.long, device=is_speech.device)
+    if seg_positions.numel():
         widths[is_speech] = seg_positions
     ends = widths.cumsum(dim=1)
     starts = ends - widths
     row_lengths = ends[:, -1]
-    if num_positions is not None:
-        wanted = torch.as_tensor(num_positions, dtype=torch.long, device=device).reshape(batch)
-        last_real = torch.where(attention_mask.bool() | is_speech, ends, torch.zeros_like(ends)).amax(dim=1)
-        if bool((wanted < last_real).any()) or bool((wanted > row_lengths).any()):
-            raise ValueError(
-                f"num_positions {wanted.tolist()} do not fit the rows (real content ends at "
-                f"{last_real.tolist()}, spliced lengths {row_lengths.tolist()})"
-            )
-        row_lengths = wanted
-    total = int(row_lengths.max()) if batch else 0
+    if num_positions is None:
+        return starts, row_lengths
+    wanted = torch.as_tensor(num_positions, dtype=torch.long, device=is_speech.device).reshape(batch)
+    last_real = torch.where(attention_mask.bool() | is_speech, ends, torch.zeros_like(ends)).amax(dim=1)
+    if bool((wanted < last_real).any()) or bool((wanted > row_lengths).any()):
+        raise ValueError(
+            f"num_positions {wanted.tolist()} do not fit the rows (real content ends at "
+            f"{last_real.tolist()}, spliced lengths {row_lengths.tolist()})"
+        )
+    return starts, wanted
 
-    keep_text = ~is_speech & (starts < row_lengths[:, None])
-    rows, cols = keep_text.nonzero(as_tuple=True)
+
+def _place_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None,
+                  keep: torch.Tensor, starts: torch.Tensor, total: int, pad_token_id: int,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The kept text tokens' ids, mask and labels at their spliced positions `[B, total]`; every other position
+    holds the pad token, mask 0, label -100."""
+    batch, device = input_ids.shape[0], input_ids.device
+    rows, cols = keep.nonzero(as_tuple=True)
     dest = starts[rows, cols]
     new_ids = torch.full((batch, total), pad_token_id, dtype=input_ids.dtype, device=device)
     new_ids[rows, dest] = input_ids[rows, cols]
@@ -129,16 +150,18 @@ def splice_speech(
     if labels is not None:
         new_labels = torch.full((batch, total), IGNORE_INDEX, dtype=labels.dtype, device=device)
         new_labels[rows, dest] = labels[rows, cols]
+    return new_ids, new_mask, new_labels
 
-    inputs_embeds = embed_tokens(new_ids)
-    if n_placeholders:
-        speech_rows, speech_cols = is_speech.nonzero(as_tuple=True)  # row-major = placeholder order
-        span_rows = torch.repeat_interleave(speech_rows, seg_positions)
-        span_offsets = torch.cat([torch.arange(int(p), device=device) for p in seg_positions.tolist()])
-        span_cols = torch.repeat_interleave(starts[speech_rows, speech_cols], seg_positions) + span_offsets
-        inputs_embeds = inputs_embeds.index_put(
-            (span_rows, span_cols), torch.cat(list(speech_embeds)).to(inputs_embeds.dtype)
-        )
-        new_mask[span_rows, span_cols] = 1
-    return inputs_embeds, new_mask, new_labels
+
+def _place_speech(inputs_embeds: torch.Tensor, new_mask: torch.Tensor, speech_embeds: Sequence[torch.Tensor],
+                  is_speech: torch.Tensor, starts: torch.Tensor, seg_positions: torch.Tensor) -> torch.Tensor:
+    """`inputs_embeds` with each segment's embeddings at its placeholder's span; marks the spans real in
+    `new_mask` (in place)."""
+    device = inputs_embeds.device
+    speech_rows, speech_cols = is_speech.nonzero(as_tuple=True)  # row-major = placeholder order
+    span_rows = torch.repeat_interleave(speech_rows, seg_positions)
+    span_offsets = torch.cat([torch.arange(int(p), device=device) for p in seg_positions.tolist()])
+    span_cols = torch.repeat_interleave(starts[speech_rows, speech_cols], seg_positions) + span_offsets
+    new_mask[span_rows, span_cols] = 1
+    return inputs_embeds.index_put((span_rows, span_cols), torch.cat(list(speech_embeds)).to(inputs_embeds.dtype))
 

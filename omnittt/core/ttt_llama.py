@@ -16,7 +16,8 @@ With `attention_window`, the window counts the positions the KV holds, alignment
 boundary a training step (pads fed) sees up to b - 1 fewer real tokens in the window than chat (`end_turn()`).
 
 `TTTLlamaForCausalLM` is a `LlamaForCausalLM` with that model, a `TTTCache` in `generate()`, `_is_stateful`
-(assisted generation refused: a TTT state cannot be rolled back) and the inner state kept float32 on load.
+(assisted generation refused: a TTT state cannot be rolled back); the inner state stays float32 on load
+(`ttt_layer.FP32_PARAMS`).
 Never call `gradient_checkpointing_enable()`: transformers' checkpointing layer drops the cache in training, which
 silently cuts the state between exchanges; `enable_ttt_checkpointing()` is the cache-preserving alternative.
 """
@@ -40,20 +41,11 @@ from transformers.utils.output_capturing import capture_outputs
 
 from omnittt.core.hf_compat import CACHE_ARG, CACHE_FIELD, take_cache
 from omnittt.core.ttt_cache import TTTCache
-from omnittt.core.ttt_layer import (
-    FP32_PARAMS,
-    TTT_CONFIG_DEFAULTS,
-    TTT_MODES,
-    TTT_TYPES,
-    TTTBase,
-    build_ttt_layer,
-    ttt_setting,
-)
+from omnittt.core.ttt_config import TTTConfig
+from omnittt.core.ttt_layer import FP32_PARAMS, TTTBase, build_ttt_layer
 
 logger = logging.getLogger(__name__)
 
-# from_pretrained(dtype=float16/bfloat16) loads these in float32 (regexes searched in parameter names)
-KEEP_FP32 = [rf"self_attn\.{name}$" for name in FP32_PARAMS]
 # layer type -> the attention mask it needs (None: a TTT layer without attention)
 MASK_KIND = {
     "full_attention": "full",
@@ -65,27 +57,14 @@ MASK_KIND = {
 
 
 def prepare_ttt_config(config: LlamaConfig) -> LlamaConfig:
-    """Fill in the TTT attributes' defaults, validate them, and derive `layer_types` (and `sliding_window`)."""
-    for name, default in TTT_CONFIG_DEFAULTS.items():
-        if not hasattr(config, name) or (getattr(config, name) is None and default is not None):
-            setattr(config, name, copy.copy(default))
+    """Fill in the TTT attributes' defaults and validate them (`TTTConfig`), and derive `layer_types` (and
+    `sliding_window`)."""
     n = config.num_hidden_layers
-    layers = sorted({int(i) for i in config.ttt_layers})
-    bad = [i for i in layers if not 0 <= i < n]
-    if bad:
-        raise ValueError(f"ttt_layers {bad} out of range for a model with {n} layers (valid: 0..{n - 1})")
-    config.ttt_layers = layers
-    if config.ttt_type not in TTT_TYPES:
-        raise ValueError(f"ttt_type must be one of {TTT_TYPES}, got {config.ttt_type!r}")
-    if config.ttt_mode not in TTT_MODES:
-        raise ValueError(f"ttt_mode must be one of {TTT_MODES}, got {config.ttt_mode!r}")
-    if int(config.ttt_mini_batch_size) < 1:
-        raise ValueError(f"ttt_mini_batch_size must be >= 1, got {config.ttt_mini_batch_size}")
-    window = config.attention_window
-    if window is not None and int(window) < 2:
-        raise ValueError(f"attention_window must be >= 2 positions, got {window}")
+    ttt = TTTConfig.from_model_config(config).validate(n)
+    ttt.apply_to(config)
+    layers, window = ttt.ttt_layers, ttt.attention_window
     config.sliding_window = window
-    gated = config.ttt_mode == "gated"
+    gated = ttt.ttt_mode == "gated"
     types = []
     for i in range(n):
         if i in layers:
@@ -109,8 +88,6 @@ def _chunk_mask(attention_mask: torch.Tensor | None, batch: int, length: int, de
 
 class TTTLlamaModel(LlamaModel):
     """`LlamaModel` with TTT layers at `config.ttt_layers` and the TTT cache's position and mask bookkeeping."""
-
-    _keep_in_fp32_modules_strict = KEEP_FP32
 
     def __init__(self, config: LlamaConfig):
         prepare_ttt_config(config)
@@ -230,7 +207,6 @@ class TTTLlamaForCausalLM(LlamaForCausalLM):
 
     _is_stateful = True
     _can_compile_fullgraph = False
-    _keep_in_fp32_modules_strict = KEEP_FP32
 
     def __init__(self, config: LlamaConfig):
         LlamaPreTrainedModel.__init__(self, config)  # not LlamaForCausalLM.__init__: it would build a plain Llama first
@@ -252,7 +228,7 @@ class TTTLlamaForCausalLM(LlamaForCausalLM):
             "ttt_type": self.config.ttt_type,
             "ttt_mode": self.config.ttt_mode,
             "ttt_mini_batch_size": self.config.ttt_mini_batch_size,
-            "ttt_base_lr": ttt_setting(self.config, "ttt_base_lr"),
+            "ttt_base_lr": TTTConfig.from_model_config(self.config).inner_lr,
             "attention_window": self.config.attention_window,
             "parameters": sum(p.numel() for p in self.parameters()),
             "ttt_parameters": sum(p.numel() for m in modules for p in m.parameters()),
@@ -376,6 +352,7 @@ def _materialise(module: nn.Module, device: torch.device, dtype: torch.dtype) ->
         for name, param in list(sub._parameters.items()):
             if param is None or not param.is_meta or device.type == "meta":
                 continue
+            # FP32_PARAMS (4) in ttt_layer.py: the inner state is float32 whatever the source model's dtype
             target_dtype = torch.float32 if name in FP32_PARAMS and sub is module else dtype
             sub._parameters[name] = nn.Parameter(torch.empty(param.shape, dtype=target_dtype, device=device),
                                                  requires_grad=param.requires_grad)

@@ -5,7 +5,8 @@ round away and the state stops learning or blows up. The learned initial paramet
 cache must therefore stay float32 whatever the rest of the model is cast to. `FP32Enforcer` finds the TTT modules
 (class attribute `is_ttt_layer = True`), reports every tensor below float32 (float16, bfloat16, ...) with its layer,
 and with `auto_fix` casts it back; float64 (precision tests) is left alone. `attach()` adds forward hooks that do the
-same on every call.
+same on every call. The model keeps the state float32 by itself (`omnittt.core.ttt_layer.FP32_PARAMS` says how);
+this is the check that it did.
 """
 
 from __future__ import annotations

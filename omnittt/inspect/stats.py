@@ -51,82 +51,93 @@ def _stats_are_current(stats: dict[str, Any], layer: Any) -> bool:
 def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
     """The ttt_state fields of one TTT cache layer (without schema/step/time), or None when the layer holds no
     state and no learned init is known."""
-    state = {k: v for k, v in (getattr(layer, "state", None) or {}).items() if isinstance(v, torch.Tensor)}
     stats = getattr(layer, "stats", None) or {}
     if stats and not _stats_are_current(stats, layer):
         stats = {}
     position = getattr(layer, "stream_position", None)
-    if state:
-        source = "stats" if stats else "state"
-        tensors = layer.state_for_report(init)
-    elif init:
-        # no runtime state yet (fresh cache or full reset): the state *is* the learned init
-        source = "init"
-        rows = position.numel() if isinstance(position, torch.Tensor) and position.numel() else 1
-        tensors = {k: v.detach().unsqueeze(0).expand(rows, *v.shape) for k, v in init.items()}
-    else:
+    found = _reported_state(layer, bool(stats), init, position)
+    if found is None:
         return None
+    source, tensors = found
     names = [name for name in STATE_NAMES if name in tensors]
+    fetched = _fetch(names, tensors, stats, init)
+    return _record(layer_idx, source, names, tensors, fetched, position)
 
-    # gather everything into one vector so a GPU run pays a single device-to-host copy per layer
+
+def _reported_state(layer: Any, has_stats: bool, init: dict[str, torch.Tensor] | None,
+                    position: Any) -> tuple[str, dict[str, torch.Tensor]] | None:
+    """(source, state tensors `[rows, ...]`) the record describes: the runtime state, else the learned init."""
+    state = {k: v for k, v in (getattr(layer, "state", None) or {}).items() if isinstance(v, torch.Tensor)}
+    if state:
+        return ("stats" if has_stats else "state"), layer.state_for_report(init)
+    if init:
+        # no runtime state yet (fresh cache or full reset): the state *is* the learned init
+        rows = position.numel() if isinstance(position, torch.Tensor) and position.numel() else 1
+        return "init", {k: v.detach().unsqueeze(0).expand(rows, *v.shape) for k, v in init.items()}
+    return None
+
+
+def _fetch(names: list[str], tensors: dict[str, torch.Tensor], stats: dict[str, Any],
+           init: dict[str, torch.Tensor] | None) -> dict[str, dict[str, torch.Tensor]]:
+    """Everything a record needs from the device, as CPU tensors by group ("norm" per row, "delta" per row,
+    "scalar", "count" = (nan, inf), "init" norm) and name. Gathered into one vector first, so a GPU run pays a
+    single device-to-host copy per layer."""
     parts: list[torch.Tensor] = []
+    layout: list[tuple[str, str]] = []
+
+    def add(group: str, name: str, tensor: torch.Tensor) -> None:
+        parts.append(tensor if not parts else tensor.to(parts[0].device))
+        layout.append((group, name))
+
     for name in names:
         logged = stats.get(f"{name}_norm")
-        parts.append(logged.detach().float().reshape(-1) if isinstance(logged, torch.Tensor)
-                     else _row_norms(tensors[name]))
-    device = parts[0].device
-    rows = parts[0].numel()
-    deltas = [name for name in names if isinstance(stats.get(f"{name}_delta"), torch.Tensor)]
-    scalars = [key for key in ("inner_loss_before", "inner_loss_after", "mean_lr")
-               if isinstance(stats.get(key), torch.Tensor)]
-    for name in deltas:
-        parts.append(stats[f"{name}_delta"].detach().float().reshape(-1).to(device))
-    for key in scalars:
-        parts.append(stats[key].detach().float().reshape(-1).to(device))
+        add("norm", name, logged.detach().float().reshape(-1) if isinstance(logged, torch.Tensor)
+            else _row_norms(tensors[name]))
+    for name in names:
+        if isinstance(stats.get(f"{name}_delta"), torch.Tensor):
+            add("delta", name, stats[f"{name}_delta"].detach().float().reshape(-1))
+    for key in ("inner_loss_before", "inner_loss_after", "mean_lr"):
+        if isinstance(stats.get(key), torch.Tensor):
+            add("scalar", key, stats[key].detach().float().reshape(-1))
     for name in names:
         data = tensors[name].detach()
-        parts.append(torch.stack([torch.isnan(data).sum(), torch.isinf(data).sum()]).float().to(device))
-    init_names = [name for name in names if init and name in init]
-    for name in init_names:
-        parts.append(torch.linalg.vector_norm(init[name].detach(), dtype=torch.float32).reshape(1).to(device))
+        add("count", name, torch.stack([torch.isnan(data).sum(), torch.isinf(data).sum()]).float())
+    for name in names:
+        if init and name in init:
+            add("init", name, torch.linalg.vector_norm(init[name].detach(), dtype=torch.float32).reshape(1))
     flat = torch.cat(parts).cpu()
+    fetched: dict[str, dict[str, torch.Tensor]] = {group: {} for group in ("norm", "delta", "scalar", "count", "init")}
+    for (group, name), chunk in zip(layout, flat.split([p.numel() for p in parts]), strict=True):
+        fetched[group][name] = chunk
+    return fetched
 
-    offset = 0
 
-    def take(n: int) -> torch.Tensor:
-        nonlocal offset
-        chunk = flat[offset:offset + n]
-        offset += n
-        return chunk
-
-    norm_rows = {name: take(rows) for name in names}
-    delta_rows = {name: take(stats[f"{name}_delta"].numel()) for name in deltas}
-    scalar_rows = {key: take(stats[key].numel()) for key in scalars}
-    counts = {name: take(2) for name in names}
-    init_norms = {name: float(take(1)) for name in init_names}
-
+def _record(layer_idx: int, source: str, names: list[str], tensors: dict[str, torch.Tensor],
+            fetched: dict[str, dict[str, torch.Tensor]], position: Any) -> dict[str, Any]:
+    """The ttt_state fields from the fetched values (the field list is in docs/jsonl_schemas.md)."""
+    norm_rows = fetched["norm"]
     record: dict[str, Any] = {
         "layer": layer_idx,
         "kind": "mlp" if "W2" in names else "linear",
         "source": source,
-        "rows": rows,
+        "rows": norm_rows[names[0]].numel(),
         "norm": {name: float(v.mean()) for name, v in norm_rows.items()},
         "norm_max": {name: float(v.max()) for name, v in norm_rows.items()},
-        "delta": {name: float(v.mean()) for name, v in delta_rows.items()},
+        "delta": {name: float(v.mean()) for name, v in fetched["delta"].items()},
         "dtype": {name: dtype_name(tensors[name].dtype) for name in names},
     }
-    for key, values in scalar_rows.items():
+    for key, values in fetched["scalar"].items():
         record[key] = float(values.mean())
     if isinstance(position, torch.Tensor) and position.numel():
         record["stream_position"] = int(position.max())
-    nan = {name: int(c[0]) for name, c in counts.items()}
-    inf = {name: int(c[1]) for name, c in counts.items()}
+    nan = {name: int(c[0]) for name, c in fetched["count"].items()}
+    inf = {name: int(c[1]) for name, c in fetched["count"].items()}
     record["nan"] = sum(nan.values())
     record["inf"] = sum(inf.values())
     record["nonfinite"] = [name for name in names if nan[name] or inf[name]
                            or not torch.isfinite(norm_rows[name]).all()]
-    if init_norms:
-        record["init_norm"] = init_norms
+    if fetched["init"]:
+        record["init_norm"] = {name: float(v) for name, v in fetched["init"].items()}
     return record
 
 
