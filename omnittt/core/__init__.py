@@ -46,13 +46,12 @@ _EXPORTS: dict[str, str] = {
     "ttt_linear_partial": "ttt_ops",
     "ttt_commit": "ttt_ops",
     "inner_loss": "ttt_ops",
-    # TTT layers and cache
+    # TTT settings (pure Python), layers and cache
+    "TTTConfig": "ttt_config",
+    "DEFAULT_TTT_BASE_LR": "ttt_config",
     "TTTMLP": "ttt_layer",
     "TTTLinear": "ttt_layer",
     "build_ttt_layer": "ttt_layer",
-    "ttt_setting": "ttt_layer",
-    "TTT_CONFIG_DEFAULTS": "ttt_layer",
-    "DEFAULT_TTT_BASE_LR": "ttt_layer",
     "TTTCache": "ttt_cache",
     "TTTCacheLayer": "ttt_cache",
     # TTT Llama

@@ -19,22 +19,15 @@ from omnittt.core.modeling_omnittt import (
     OmniTTTConfig,
     OmniTTTForCausalLM,
     is_ttt_state_param,
-    keep_ttt_state_fp32,
     ttt_modules,
 )
+from omnittt.core.ttt_config import TTTConfig
 from omnittt.errors import UserError
 
 PRESETS = ("tiny", "llama-omni-8b")
 
-# Keys of the TTT Llama config (see omnittt.config.MODEL_KEYS) and their defaults.
-TTT_DEFAULTS: dict[str, Any] = {
-    "ttt_layers": [],
-    "ttt_type": "mlp",
-    "ttt_mode": "replace",
-    "ttt_mini_batch_size": 64,
-    "ttt_base_lr": None,  # None: the layer's default (0.1 MLP, 1.0 Linear)
-    "attention_window": None,
-}
+# The TTT keys of the text config and their defaults as keyword arguments (for loading.py); `TTTConfig` defines them.
+TTT_DEFAULTS: dict[str, Any] = TTTConfig.defaults()
 TOP_LEVEL_KEYS = ("speech_positions", "speech_projector_dim", "speech_ds_rate")
 
 # Llama-3.1-8B-Instruct as released in ICTNLP/Llama-3.1-8B-Omni's config.json.
@@ -118,15 +111,15 @@ def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
     dict) updates the Whisper config."""
     if preset == "tiny":
         text, speech, top = _tiny_text(), dict(TINY_WHISPER), {"speech_projector_dim": 128}
-        text.update(TTT_DEFAULTS, ttt_layers=[2, 3])
+        text.update(TTTConfig(ttt_layers=[2, 3]).to_dict())
         top["speech_positions"] = "trim"
     elif preset == "llama-omni-8b":
         text, speech, top = dict(LLAMA_31_8B), dict(WHISPER_LARGE_V3), {"speech_projector_dim": 2048}
-        text.update(TTT_DEFAULTS, ttt_layers=list(range(24, 32)))
+        text.update(TTTConfig(ttt_layers=list(range(24, 32))).to_dict())
         top["speech_positions"] = "full"
     else:
         raise UserError(f"unknown preset {preset!r}", fix=f"choose one of: {', '.join(PRESETS)}")
-    known_text = set(LlamaConfig().to_dict()) | set(TTT_DEFAULTS)
+    known_text = set(LlamaConfig().to_dict()) | set(TTTConfig.keys())
     for key, value in overrides.items():
         if key in TOP_LEVEL_KEYS:
             top[key] = value
@@ -146,12 +139,15 @@ def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
 
 
 def check_ttt_layers(layers: list[int], n_layers: int) -> None:
-    bad = [i for i in layers if not 0 <= i < n_layers]
-    if bad or len(set(layers)) != len(layers):
+    """`TTTConfig.validate`'s layer check as a `UserError`, a layer listed twice refused too (before a model is
+    built, which would drop the repeat)."""
+    try:
+        TTTConfig(ttt_layers=list(layers)).validate(n_layers, distinct=True)
+    except ValueError:
         raise UserError(
             f"ttt_layers {layers} do not fit a model of {n_layers} layers",
             fix=f"pick distinct indices in 0..{n_layers - 1}",
-        )
+        ) from None
 
 
 def build_model(
@@ -167,8 +163,7 @@ def build_model(
             model.speech_encoder.conv1.weight.mul_(TINY_CONV_GAIN)
             model.speech_encoder.conv2.weight.mul_(TINY_CONV_GAIN)
     if dtype is not None:
-        model = model.to(dtype)
-        keep_ttt_state_fp32(model)
+        model = model.to(dtype)  # the TTT inner state stays float32 (ttt_layer.FP32_PARAMS)
     for name, param in model.named_parameters():  # everything trains but the speech encoder
         param.requires_grad_(parameter_group(model, name) != "encoder")
     model_summary(model)
