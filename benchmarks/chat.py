@@ -64,10 +64,10 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
 
+    from omnittt.chat import ChatSession, GenerationSettings
     from omnittt.core.features import build_feature_extractor
     from omnittt.core.presets import build_model
     from omnittt.core.tokenizer import build_default_tokenizer
-    from omnittt.train.chat_session import ChatSession, GenerationSettings
 
     torch.set_num_threads(args.threads)
     clock = CLOCKS[args.clock]

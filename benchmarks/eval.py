@@ -51,7 +51,7 @@ def main() -> None:
     from omnittt.core.features import build_feature_extractor
     from omnittt.core.presets import build_model
     from omnittt.data.dataset import ConversationDataset, ConversationLoader
-    from omnittt.train.evaluate import runs_for, score_runs
+    from omnittt.evaluation.scoring import runs_for, score_runs
 
     data = dataset(args.cache, args.dialogues)
     ds = ConversationDataset(data, stage="16k")

@@ -16,7 +16,3 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
-
-
-class NotLandedError(UserError):
-    """A command whose issue has not landed yet."""

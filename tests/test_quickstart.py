@@ -1,6 +1,6 @@
 """`omnittt quickstart`: the CI check of the whole pipeline (slow tier: a real `--fast` run in a fresh process), and
 the cheap guarantees around it (default tier): an existing --dir is refused with the fix, a folder the quickstart
-did not make is never removed, a step whose library is missing is reported as not available."""
+did not make is never removed."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from omnittt import quickstart
 from omnittt.cli import app
-from omnittt.train import quickstart
 
 ENV = {"COLUMNS": "200"}
 
@@ -46,23 +46,6 @@ def test_a_folder_the_quickstart_did_not_make_is_never_removed(tmp_path):
     assert result.exit_code == 2 and "not made by omnittt quickstart" in result.output
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     assert not (tmp_path / quickstart.MARKER).exists()
-
-
-def test_a_step_whose_library_is_missing_is_reported_not_imitated(monkeypatch, tmp_path):
-    assert quickstart.available("eval") == (True, "") and quickstart.available("chat") == (True, "")
-    monkeypatch.setitem(quickstart.OPTIONAL_STEPS, "eval", ("omnittt.train.no_such_module", "evaluate"))
-    ok, why = quickstart.available("eval")
-    assert not ok and "omnittt.train.no_such_module" in why
-
-    from omnittt.cli.quickstart import Quickstart
-
-    paths = quickstart.prepare_directory(tmp_path / "qs", quickstart.PROFILES["fast"])
-    runner = Quickstart(paths, quickstart.PROFILES["fast"])
-    with runner.console.capture() as captured:
-        recorded = runner.eval()  # the step says so and records it instead of running anything
-    assert recorded["status"] == "not available" and "omnittt.train.no_such_module" in recorded["reason"]
-    assert "not available yet" in captured.get() and "omnittt eval" in captured.get()
-    assert not paths.eval_report.exists()
 
 
 def _figures(output: str, label: str) -> tuple[float, float]:

@@ -1,5 +1,5 @@
 """What every command shares: the error convention (one red line + the fix, exit 2; tracebacks with
---verbose) and the not-landed placeholder. Commands import torch/transformers inside their bodies."""
+--verbose). Commands import torch/transformers inside their bodies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import typer
 
 from omnittt.console import err_console
-from omnittt.errors import NotLandedError, UserError
+from omnittt.errors import UserError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,10 +39,3 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def not_landed(command: str, issue: int) -> None:
-    raise NotLandedError(
-        f"`omnittt {command}` is not available yet (tracked in issue #{issue})",
-        fix="use a newer omnittt, or follow the issue",
-    )

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         if speak and shutil.which("espeak-ng") is None:
             raise UserError("--speak needs espeak-ng, which is not on PATH",
                             fix="install it (apt install espeak-ng) or drop --speak")
-        from omnittt.train.chat_session import open_chat
+        from omnittt.chat import open_chat
 
         generation = {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
         with console.status("loading the model ..."):

@@ -60,7 +60,9 @@ def register(app: typer.Typer) -> None:
 
         from omnittt.atomic import atomic_write_json
         from omnittt.console import console, make_progress
-        from omnittt.train.evaluate import EvalOptions, StatOptions, evaluate, plot_report, require_matplotlib
+        from omnittt.evaluation.evaluate import EvalOptions, evaluate
+        from omnittt.evaluation.plot import plot_report, require_matplotlib
+        from omnittt.evaluation.statistics import StatOptions
 
         if plot is not None:
             require_matplotlib()

@@ -14,6 +14,13 @@ import torch
 
 #: when the TTT state goes back to the learned init inside a conversation (it always does at its start)
 TTT_RESETS = ("never", "every-turn")
+#: the keys of a collated exchange step (`omnittt.data.dataset.ExchangeCollator`) that the model takes
+MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "input_features", "feature_lengths", "num_positions")
+
+
+def model_inputs(step: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The model's inputs of one collated exchange step, on `device` (what `ExchangeStream.exchange` takes)."""
+    return {key: step[key].to(device) for key in MODEL_INPUTS if step.get(key) is not None}
 
 
 class ExchangeStream:

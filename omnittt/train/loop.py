@@ -28,15 +28,13 @@ import torch
 
 from omnittt.atomic import atomic_write_json
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
-from omnittt.core.exchange_stream import ExchangeStream
+from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.core.speech import segment_positions
 from omnittt.train.checkpoint import save_checkpoint
 from omnittt.train.faults import fault_point
 from omnittt.train.guard import NonFiniteGuard, nonfinite_problems
 from omnittt.train.run_dir import TRAINER_STATE_FILE, RunDir
 from omnittt.train.settings import TrainSettings
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "labels", "input_features", "feature_lengths", "num_positions")
 
 
 @dataclass
@@ -56,10 +54,6 @@ class TrainerState:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def model_inputs(step: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {key: step[key].to(device) for key in MODEL_INPUTS if step.get(key) is not None}
 
 
 def target_count(labels: torch.Tensor) -> int:

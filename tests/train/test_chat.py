@@ -60,7 +60,7 @@ def audio_files(tmp_path_factory) -> list[Path]:
 @pytest.fixture(scope="module")
 def chat(model_dir):
     """A factory of sessions on one loaded model (greedy, short replies)."""
-    from omnittt.train.chat_session import open_chat
+    from omnittt.chat import open_chat
 
     session, _ = open_chat(model_dir=model_dir, device="cpu",
                            generation={"temperature": 0.0, "max_new_tokens": 3})
@@ -127,7 +127,7 @@ def test_script_runs_three_audio_turns_with_reset_save_and_load(model_dir, audio
 
 
 def test_save_then_load_restores_identical_next_turn_logits(chat, audio_files, model_dir, tmp_path):
-    from omnittt.train.chat_session import open_chat
+    from omnittt.chat import open_chat
 
     session = chat()
     session.user_turn(audio=audio_files[1])
@@ -163,7 +163,7 @@ def test_the_saved_state_is_safetensors_with_a_json_header(chat, tmp_path):
 
 
 def test_load_refuses_a_state_of_another_model_or_no_state(chat, model_dir, tmp_path):
-    from omnittt.train.chat_session import open_chat
+    from omnittt.chat import open_chat
 
     session = chat()
     session.user_turn(text="hello")
@@ -182,8 +182,8 @@ def test_load_refuses_a_state_of_another_model_or_no_state(chat, model_dir, tmp_
 def training_forward(model, builder, feature_extractor, exchanges) -> object:
     """The exchanges as training sees them: one padded sample each (the preprocess layout: ids, labels, alignment
     pads with mask 0), collated by the training collator and fed with the trainer's inputs, cache carried."""
+    from omnittt.core.exchange_stream import model_inputs
     from omnittt.data.dataset import ExchangeCollator
-    from omnittt.train.loop import model_inputs
 
     collator = ExchangeCollator(builder.tokens.pad, feature_extractor)
     mode = model.config.speech_positions
@@ -209,8 +209,8 @@ def training_forward(model, builder, feature_extractor, exchanges) -> object:
 
 @pytest.mark.parametrize("window", [None, 24])
 def test_state_after_scripted_exchanges_equals_the_training_forward(model_dir, audio_files, window):
+    from omnittt.chat import open_chat
     from omnittt.data.audio import load_audio
-    from omnittt.train.chat_session import open_chat
 
     session, _ = open_chat(model_dir=model_dir, device="cpu", attention_window=window,
                            generation={"temperature": 0.0, "max_new_tokens": 5})
@@ -347,7 +347,7 @@ def test_generation_defaults_come_from_the_saved_generation_config(model_dir, tm
 
     from transformers import GenerationConfig
 
-    from omnittt.train.chat_session import GenerationSettings, generation_defaults
+    from omnittt.chat import GenerationSettings, generation_defaults
 
     assert generation_defaults(model_dir) == GenerationSettings()  # nothing set explicitly: our defaults
     target = tmp_path / "m"
@@ -360,10 +360,10 @@ def test_generation_defaults_come_from_the_saved_generation_config(model_dir, tm
 
 
 def test_open_chat_on_a_run_directory_checks_its_recorded_settings(model_dir, tmp_path):
+    from omnittt.chat import open_chat
     from omnittt.core.features import build_feature_extractor
     from omnittt.core.loading import load_model
     from omnittt.core.tokenizer import load_tokenizer, tokenizer_settings
-    from omnittt.train.chat_session import open_chat
     from omnittt.train.checkpoint import save_checkpoint
     from omnittt.train.run_dir import RunDir
 

@@ -18,22 +18,21 @@ from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.speech import segment_positions
 from omnittt.data.curriculum import Stage
 from omnittt.errors import UserError
-from omnittt.train.evaluate import (
-    NonFiniteEvalError,
-    StatOptions,
-    TokenScores,
-    bucket_edges,
-    bucket_label,
-    bucket_table,
-    build_report,
-    check_report_finite,
-    runs_for,
-    score_runs,
-    summarize,
-)
+from omnittt.evaluation.report import bucket_edges, bucket_label, bucket_table, build_report, check_report_finite
+from omnittt.evaluation.scoring import NonFiniteEvalError, runs_for, score_runs
+from omnittt.evaluation.statistics import StatOptions, TokenScores, summarize
 
 runner = CliRunner()
 ENV = {"COLUMNS": "200"}
+
+
+def _default_vocab() -> int:
+    from omnittt.core.tokenizer import build_default_tokenizer
+
+    return len(build_default_tokenizer())
+
+
+VOCAB = _default_vocab()  # the default tokenizer's vocabulary: the tiny preset's and the test data's
 # sessions of 512-1024 positions: each group of the 9-dialogue fixture (3 dialogues) packs into one
 SESSION_STAGE = Stage("test", 512, 1024, 1e-4)
 
@@ -89,7 +88,7 @@ def test_positions_and_bucket_counts_match_an_independent_count(session_scores):
     assert all(conv.is_session for conv in loader.dataset.conversations)
     expected = _independent_positions(loader.dataset)
     assert np.array_equal(np.sort(scores[0].position), expected)
-    report = build_report(runs, scores, 873, StatOptions(min_tokens=1, bootstrap=50))
+    report = build_report(runs, scores, VOCAB, StatOptions(min_tokens=1, bootstrap=50))
     assert report["buckets"] == ["0-1k"] and bucket_edges(int(expected.max())) == [(0, 1024)]
     assert [run["overall"]["tokens"] for run in report["runs"]] == [len(expected)] * 2
     # finer edges than the report's, so that every bucket boundary is crossed by real positions
@@ -134,16 +133,16 @@ def test_random_weights_report_the_uniform_guess_level(synthetic_data, tmp_path)
                                  "--ttt-reset", "never", "--output", str(out), "--bootstrap", "100"], env=ENV)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["uniform_loss"] == pytest.approx(math.log(873))
+    assert report["uniform_loss"] == pytest.approx(math.log(VOCAB)) and report["vocab_size"] == VOCAB
     run = report["runs"][0]
-    assert abs(run["overall"]["loss"] - math.log(873)) < 0.05 * math.log(873)
+    assert abs(run["overall"]["loss"] - math.log(VOCAB)) < 0.05 * math.log(VOCAB)
     assert run["verdict"].startswith("at the uniform-guess level")
-    assert "uniform-guess level" in result.output and "ln 873 = 6.772" in result.output
+    assert "uniform-guess level" in result.output and f"ln {VOCAB} = {math.log(VOCAB):.3f}" in result.output
 
 
 def test_recall_probe_finds_the_codes(session_scores, synthetic_data):
     from omnittt.core.tokenizer import load_tokenizer
-    from omnittt.train.recall import find_recall_items, recall_probe
+    from omnittt.evaluation.recall import find_recall_items, recall_probe
 
     loader, _, runs, scores = session_scores
     items = find_recall_items(loader.dataset, load_tokenizer(loader.dataset.store.tokenizer_dir))
@@ -234,7 +233,7 @@ def test_trained_model_vs_baseline_report(trained_runs, synthetic_data, tmp_path
     tokens = {r["overall"]["tokens"] for r in report["runs"]}
     assert len(tokens) == 1 and tokens.pop() == len(_independent_positions(_loader(synthetic_data).dataset))
     for run in report["runs"]:
-        assert run["overall"]["loss"] < math.log(873) * 0.9 and run["verdict"].startswith("below")
+        assert run["overall"]["loss"] < math.log(VOCAB) * 0.9 and run["verdict"].startswith("below")
         assert len(run["buckets"]) == len(report["buckets"])
     assert [c["b"] for c in report["comparisons"]] == ["model, TTT reset every turn", "baseline"]
     recall = report["recall"]
@@ -247,7 +246,7 @@ def test_trained_model_vs_baseline_report(trained_runs, synthetic_data, tmp_path
 def test_dataset_for_another_mini_batch_is_refused(trained_runs, tmp_path):
     from omnittt.data.preprocess import PreprocessOptions, preprocess
     from omnittt.data.synthetic import make_synthetic_corpus
-    from omnittt.train.evaluate import EvalOptions, evaluate
+    from omnittt.evaluation.evaluate import EvalOptions, evaluate
 
     make_synthetic_corpus(tmp_path / "corpus", dialogues=1, seed=5)
     preprocess(PreprocessOptions(source="synthetic", input_dir=str(tmp_path / "corpus"),
@@ -257,14 +256,14 @@ def test_dataset_for_another_mini_batch_is_refused(trained_runs, tmp_path):
 
 
 def _small_report():
-    return {"buckets": ["0-1k", "1k-2k"], "uniform_loss": math.log(873), "vocab_size": 873,
+    return {"buckets": ["0-1k", "1k-2k"], "uniform_loss": math.log(VOCAB), "vocab_size": VOCAB,
             "runs": [{"name": "model", "buckets": [{"loss": 2.0, "ci": [1.9, 2.1]}, {"loss": None, "ci": None}]}]}
 
 
 def test_plot_needs_matplotlib_and_says_so(monkeypatch, tmp_path):
     import sys
 
-    from omnittt.train.evaluate import plot_report
+    from omnittt.evaluation.plot import plot_report
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     with pytest.raises(UserError, match="needs matplotlib"):
@@ -274,7 +273,7 @@ def test_plot_needs_matplotlib_and_says_so(monkeypatch, tmp_path):
 
 def test_plot_is_a_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from omnittt.train.evaluate import plot_report
+    from omnittt.evaluation.plot import plot_report
 
     plot_report(_small_report(), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,8 +18,7 @@ from train_fixtures import tiny_settings
 from typer.testing import CliRunner
 
 from omnittt.cli import app
-from omnittt.core.exchange_stream import ExchangeStream
-from omnittt.train.loop import model_inputs
+from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.train.setup import start_run
 
 

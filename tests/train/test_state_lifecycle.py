@@ -8,9 +8,8 @@ import pytest
 import torch
 from train_fixtures import MINI_BATCH
 
-from omnittt.core.exchange_stream import ExchangeStream
+from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.inspect.fp32 import find_ttt_modules
-from omnittt.train.loop import model_inputs
 
 
 @pytest.fixture(scope="module")

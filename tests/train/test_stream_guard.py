@@ -89,7 +89,7 @@ def test_training_and_validation_stop_when_the_cache_does_not_advance(synthetic_
 def test_eval_stops_when_the_cache_does_not_advance(synthetic_data, model, cache_dropped):
     from omnittt.core.features import build_feature_extractor
     from omnittt.data.dataset import ConversationDataset, ConversationLoader
-    from omnittt.train.evaluate import runs_for, score_runs
+    from omnittt.evaluation.scoring import runs_for, score_runs
 
     loader = ConversationLoader(ConversationDataset(synthetic_data), batch_size=2, shuffle=False,
                                 feature_extractor=build_feature_extractor(80))
@@ -98,8 +98,8 @@ def test_eval_stops_when_the_cache_does_not_advance(synthetic_data, model, cache
 
 
 def test_chat_stops_when_the_cache_does_not_advance(model, cache_dropped):
+    from omnittt.chat import ChatSession
     from omnittt.core.tokenizer import build_default_tokenizer
-    from omnittt.train.chat_session import ChatSession
 
     session = ChatSession(model, build_default_tokenizer())
     with pytest.raises(StreamNotAdvancedError):

@@ -10,13 +10,13 @@ answer tokens (e.g. TTT state reset every turn minus carried), with a bootstrap 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from omnittt.core.constants import IGNORE_INDEX
-from omnittt.train.evaluate import StatOptions, TokenScores, bootstrap_ratio
+from omnittt.evaluation.statistics import StatOptions, TokenScores, summarize
 
 RECALL_DOMAIN = "recall"
 # Position-distance bins of the probe (from the fact exchange's first token to the first answer token).
@@ -126,15 +126,14 @@ def recall_probe(items: list[RecallItem], names: list[str], scores: list[TokenSc
         "position_distance": {"min": int(position_distance.min()), "max": int(position_distance.max())},
         "runs": [], "gaps": [],
     }
-    for name, score in zip(names, scores, strict=True):
-        loss, correct = score.loss[token_index], score.correct[token_index]
-        rows = {key: [_row(label, sel, dialogue, loss, correct, options) for label, sel in spec]
+    answers = [score.take(token_index) for score in scores]  # the answer tokens of every run, in `dialogue` order
+    for name, answer in zip(names, answers, strict=True):
+        rows = {key: [_row(label, sel, dialogue, answer, options) for label, sel in spec]
                 for key, spec in groups.items()}
         out["runs"].append({"name": name, **rows})
     for a, b in pairs or []:
-        diff = scores[b].loss[token_index] - scores[a].loss[token_index]
-        em_a, em_b = _exact(dialogue, scores[a].correct[token_index]), _exact(dialogue, scores[b].correct[token_index])
-        gap = {key: [_row(label, sel, dialogue, diff, None, options) for label, sel in spec]
+        em_a, em_b = _exact(dialogue, answers[a].correct), _exact(dialogue, answers[b].correct)
+        gap = {key: [_row(label, sel, dialogue, answers[a], options, other=answers[b]) for label, sel in spec]
                for key, spec in groups.items()}
         out["gaps"].append({"name": f"{names[b]} - {names[a]}", "a": names[a], "b": names[b],
                             "meaning": f"answer-token loss of {names[b]} minus {names[a]} (> 0: {names[a]} "
@@ -150,8 +149,11 @@ def _exact(dialogue: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return wrong == 0
 
 
-def _row(label: str, dialogues_selected: np.ndarray, dialogue: np.ndarray, values: np.ndarray,
-         correct: np.ndarray | None, options: StatOptions) -> dict[str, Any]:
+def _row(label: str, dialogues_selected: np.ndarray, dialogue: np.ndarray, answers: TokenScores,
+         options: StatOptions, other: TokenScores | None = None) -> dict[str, Any]:
+    """One distance row over the selected dialogues: the answer-token loss (with `other`: the paired gap
+    other - answers) with its interval over dialogues (`summarize`), and for a run its token accuracy and
+    exact-match rate; no number over fewer than `min_dialogues` dialogues."""
     select = dialogues_selected[dialogue]
     keys = dialogue[select]
     n = int(len(np.unique(keys)))
@@ -159,14 +161,9 @@ def _row(label: str, dialogues_selected: np.ndarray, dialogue: np.ndarray, value
     if n < options.min_dialogues:
         row["note"] = f"too few dialogues ({n} < {options.min_dialogues})"
         return row
-    unique, inverse = np.unique(keys, return_inverse=True)
-    sums = np.bincount(inverse, weights=values[select], minlength=len(unique))
-    counts = np.bincount(inverse, minlength=len(unique)).astype(np.float64)
-    row["loss"] = float(sums.sum() / counts.sum())
-    interval = bootstrap_ratio(sums, counts, options.bootstrap, options.confidence,
-                               np.random.default_rng(options.seed))
-    row["ci"] = list(interval) if interval is not None else None
-    if correct is not None:
-        row["token_accuracy"] = float(correct[select].mean())
-        row["exact_match"] = float(_exact(dialogue, correct)[unique].mean())
+    stats = summarize(select, answers, replace(options, min_tokens=0), other=other, groups=dialogue)
+    row["loss"], row["ci"] = stats["loss"], stats["ci"]
+    if other is None:
+        row["token_accuracy"] = stats["accuracy"]
+        row["exact_match"] = float(_exact(dialogue, answers.correct)[np.unique(keys)].mean())
     return row

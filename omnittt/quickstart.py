@@ -1,27 +1,30 @@
 """`omnittt quickstart`: the whole pipeline offline on the tiny preset, in one folder.
 
-The steps are the real commands' library calls (synthetic corpus -> preprocess -> validate -> curriculum ->
-train -> monitor -> eval -> chat); this module only decides their settings, where each artefact goes, and the
-one number the commands do not print on their own: the held-out loss before and after training, with each
-conversation's speech and with speech swapped between conversations (`omnittt.train.loop.evaluate_loss`).
+The workflow in one place: the steps in order (synthetic corpus -> preprocess -> validate -> curriculum ->
+train -> monitor -> eval -> chat), each the real commands' library calls with the quickstart's settings, where
+each artefact goes, the record of what ran (summary.json), and the one number the commands do not print on
+their own: the held-out loss before and after training, with each conversation's speech and with speech swapped
+between conversations (`omnittt.train.loop.evaluate_loss`). How it is shown is a `View`'s business: `omnittt
+quickstart` (omnittt/cli/quickstart.py) parses, calls `Quickstart.run` and renders each step with the commands'
+own views.
 
 Honesty rules: the held-out conversations are the last `val_conversations` of the dataset, which the trainer
 never trains on (`TrainSettings.val_conversations`); the "before" figures are the same model, on the same
 conversations, before its first optimizer step; the "after" figures are the trainer's own final validation
-(also written to metrics.jsonl). A step whose library is not installed is reported as not available, never
-imitated.
+(also written to metrics.jsonl).
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from omnittt.atomic import atomic_write_json
 from omnittt.errors import UserError
@@ -53,8 +56,17 @@ PROFILES = {
                     eval_bootstrap=100, chat_max_new_tokens=24),
 }
 
-# The steps whose library landed in its own issue; `available()` imports them instead of assuming they exist.
-OPTIONAL_STEPS = {"eval": ("omnittt.train.evaluate", "evaluate"), "chat": ("omnittt.train.chat_session", "open_chat")}
+# The steps in order: (name, what it runs).
+STEPS = (
+    ("corpus", "a synthetic spoken-dialogue corpus (espeak-ng)"),
+    ("preprocess", "omnittt preprocess synthetic"),
+    ("validate", "omnittt validate"),
+    ("curriculum", "omnittt curriculum"),
+    ("train", "omnittt train --preset tiny"),
+    ("monitor", "omnittt monitor --once"),
+    ("eval", "omnittt eval"),
+    ("chat", "omnittt chat --script (a held-out turn)"),
+)
 
 
 @dataclass(frozen=True)
@@ -71,16 +83,6 @@ class Paths:
     chat_script = property(lambda self: self.root / "chat_script.txt")
     chat_transcript = property(lambda self: self.root / "chat_transcript.jsonl")
     summary = property(lambda self: self.root / SUMMARY)
-
-
-def available(step: str) -> tuple[bool, str]:
-    """Whether an optional step's library is installed: (True, "") or (False, why)."""
-    module, name = OPTIONAL_STEPS[step]
-    try:
-        getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        return False, f"{module}.{name} is not available ({exc.__class__.__name__}: {exc})"
-    return True, ""
 
 
 def prepare_directory(root: str | os.PathLike, profile: Profile, overwrite: bool = False) -> Paths:
@@ -137,7 +139,8 @@ def train_command(paths: Paths, profile: Profile) -> str:
 def eval_options(paths: Paths, profile: Profile) -> Any:
     import torch
 
-    from omnittt.train.evaluate import EvalOptions, StatOptions
+    from omnittt.evaluation.evaluate import EvalOptions
+    from omnittt.evaluation.statistics import StatOptions
 
     return EvalOptions(run=str(paths.run), data=str(paths.processed), stage="none", batch_size=4,
                        stats=StatOptions(bootstrap=profile.eval_bootstrap),
@@ -242,3 +245,152 @@ class Record:
 
     def write(self, paths: Paths) -> None:
         atomic_write_json(paths.summary, asdict(self))
+
+
+# -- the workflow ----------------------------------------------------------------------------------------------
+# What the end lists when it exists: name -> (the `Paths` attribute, what it holds).
+ARTEFACTS = {
+    "synthetic corpus": ("corpus", "24 kHz wavs + JSON, DeepDialogue-xtts layout"),
+    "processed dataset": ("processed", "exchange samples, index, manifest, errors.jsonl"),
+    "validation report": ("validate_report", "omnittt validate --output"),
+    "run directory": ("run", "config.yaml, metrics.jsonl, ttt_state.jsonl, checkpoints/"),
+    "eval report": ("eval_report", "omnittt eval --output"),
+    "chat script": ("chat_script", "a held-out turn + /state"),
+    "chat transcript": ("chat_transcript", "JSON lines"),
+    "summary": ("summary", "step times, held-out figures, these paths"),
+}
+
+
+class View(Protocol):
+    """How a quickstart is shown. The steps that have a command run through that command's own view (a progress
+    display, its tables): `run_*` hooks get the library call to run and return its result; the others show."""
+
+    def begin(self, quickstart: Quickstart) -> None: ...
+    def step(self, number: int, name: str, title: str) -> None: ...
+    def status(self, message: str, work: Callable[[], Any]) -> Any: ...
+    def run_corpus(self, target: Path, dialogues: int, seed: int, recall_exchanges: int) -> Any: ...
+    def run_preprocess(self, plan: Any, run: Callable[..., Any]) -> Any: ...
+    def run_validate(self, work: Callable[[Callable[[int, int], None]], Any]) -> Any: ...
+    def curriculum(self, store: Any, plans: list[Any]) -> None: ...
+    def run_train(self, command: str, prepare: Callable[[Any], Any]) -> None: ...
+    def held_out(self, held_out: HeldOut) -> None: ...
+    def monitor(self, summary: dict[str, Any]) -> None: ...
+    def run_eval(self, work: Callable[[Any], dict[str, Any]]) -> dict[str, Any]: ...
+    def run_chat(self, script: Path, turn: ChatTurn, load: Callable[[], tuple[Any, Any]]) -> str: ...
+    def finish(self) -> None: ...
+
+
+class Quickstart:
+    """Runs the steps in order, each timed into summary.json; `view` shows them."""
+
+    def __init__(self, paths: Paths, profile: Profile, view: View) -> None:
+        self.paths = paths
+        self.profile = profile
+        self.view = view
+        self.record = Record(profile=profile.name, dir=str(paths.root))
+        self.held_out = HeldOut()
+        self.trainer: Any = None  # set when training starts
+
+    def run(self) -> None:
+        self.view.begin(self)
+        for number, (name, title) in enumerate(STEPS, start=1):
+            self.view.step(number, name, title)
+            started = time.perf_counter()
+            details = getattr(self, f"_{name}")()
+            self.record.step(name, "done", time.perf_counter() - started, **details)
+            self.record.write(self.paths)
+        for name, (attribute, _) in ARTEFACTS.items():
+            if getattr(self.paths, attribute).exists():
+                self.record.artefacts[name] = str(getattr(self.paths, attribute))
+        self.record.write(self.paths)
+        self.view.finish()
+
+    # -- the steps: each returns what summary.json records of it -------------------------------------------------
+    def _corpus(self) -> dict[str, Any]:
+        summary = self.view.run_corpus(self.paths.corpus, self.profile.dialogues, SEED, self.profile.recall_exchanges)
+        return {"dialogues": summary.dialogues, "turns": summary.turns, "audio_sec": round(summary.audio_sec, 1)}
+
+    def _preprocess(self) -> dict[str, Any]:
+        from omnittt.data.preprocess import plan, run
+
+        summary = self.view.run_preprocess(plan(preprocess_options(self.paths)), run)
+        if not summary.stats.get("samples"):
+            raise UserError(f"{self.paths.processed}: preprocessing made no samples",
+                            fix=f"see {self.paths.processed / 'errors.jsonl'}")
+        return {"samples": summary.stats["samples"], "conversations": summary.stats["conversations"],
+                "skipped": summary.stats["skipped"]}
+
+    def _validate(self) -> dict[str, Any]:
+        from omnittt.data.validate import validate_dataset
+
+        report = self.view.run_validate(lambda on_progress: validate_dataset(self.paths.processed, workers=workers(),
+                                                                             on_progress=on_progress))
+        atomic_write_json(self.paths.validate_report, report.to_dict())
+        if not report.ok:
+            raise UserError(f"{self.paths.processed}: validation found {report.errors} error(s)",
+                            fix=f"see {self.paths.validate_report}")
+        return {"errors": report.errors, "warnings": report.warnings, "samples": report.checked_samples}
+
+    def _curriculum(self) -> dict[str, Any]:
+        from omnittt.data.curriculum import STAGES
+        from omnittt.data.dataset import plan_stages
+        from omnittt.data.store import open_dataset
+
+        store = open_dataset(self.paths.processed)
+        plans = plan_stages(store, list(STAGES))
+        self.view.curriculum(store, plans)
+        return {"stages": {plan.stage.name: len(plan.items) for plan in plans}}
+
+    def _train(self) -> dict[str, Any]:
+        from omnittt.train.setup import start_run
+
+        settings = train_settings(self.paths, self.profile)
+
+        def prepare(console: Any) -> Any:
+            prepared = start_run(settings, console=console)
+            self.trainer = prepared.trainer
+            self.held_out.measure_before(prepared.trainer)  # the same model before its first step
+            return prepared
+
+        self.view.run_train(train_command(self.paths, self.profile), prepare)
+        self.view.status("held-out loss after training, own and swapped speech ...",
+                         lambda: self.held_out.measure_after(self.trainer))
+        self.view.held_out(self.held_out)
+        self.record.held_out = asdict(self.held_out)
+        return {"steps": self.trainer.step, "positions": self.trainer.state.tokens,
+                "skipped_windows": self.trainer.state.skipped, "checkpoint": str(self.trainer.last_checkpoint)}
+
+    def _monitor(self) -> dict[str, Any]:
+        from omnittt.inspect.run_state import MonitorSettings, RunState
+
+        state = RunState(self.paths.run, MonitorSettings())
+        state.poll()
+        summary = state.summary()
+        self.view.monitor(summary)
+        return {"fp32_ok": summary["fp32"]["ok"], "alerts": len(summary["alerts"])}
+
+    def _eval(self) -> dict[str, Any]:
+        report = self.view.run_eval(self._evaluate)
+        atomic_write_json(self.paths.eval_report, report)
+        return {"loss": report["runs"][0]["overall"].get("loss"), "uniform_loss": report["uniform_loss"]}
+
+    def _evaluate(self, progress: Any) -> dict[str, Any]:
+        from transformers.utils import logging as hf_logging
+
+        from omnittt.evaluation.evaluate import evaluate
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # as chat does: no warning about the `omnittt` model type while loading
+        try:
+            return evaluate(eval_options(self.paths, self.profile), progress=progress)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+
+    def _chat(self) -> dict[str, Any]:
+        from omnittt.chat import open_chat
+
+        turn = held_out_turn(self.paths, self.held_out.conversation_ids[0])
+        script = write_chat_script(self.paths, turn)
+        reply = self.view.run_chat(script, turn, lambda: open_chat(self.paths.run, generation={
+            "temperature": 0.0, "max_new_tokens": self.profile.chat_max_new_tokens}))
+        return {"conversation_id": turn.conversation_id, "reply": reply, "expected": turn.expected}
