@@ -67,7 +67,6 @@ _EXPORTS: dict[str, str] = {
     "splice_speech": "speech_encoder",
     "OmniTTTConfig": "modeling_omnittt",
     "OmniTTTForCausalLM": "modeling_omnittt",
-    "keep_ttt_state_fp32": "modeling_omnittt",
     "PRESETS": "presets",
     "build_model": "presets",
     "preset_config": "presets",

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, WhisperConfig
 
-from omnittt.core.modeling_omnittt import OmniTTTConfig, OmniTTTForCausalLM, keep_ttt_state_fp32
-from omnittt.core.presets import TTT_DEFAULTS, check_ttt_layers, model_summary
+from omnittt.core.modeling_omnittt import OmniTTTConfig, OmniTTTForCausalLM
+from omnittt.core.presets import check_ttt_layers, model_summary
+from omnittt.core.ttt_config import TTTConfig
 from omnittt.errors import UserError
 
 OMNI_MODEL_TYPES = ("omni_speech_llama", "omni_speech2s_llama")
@@ -109,7 +110,6 @@ def load_model(
         report = LoadReport(layout=layout, source=str(path))
     else:
         model, report = _load_released(path, layout, speech_encoder, _torch_dtype(dtype), overrides)
-    keep_ttt_state_fp32(model)
     model.to(device)
     report.summary = model_summary(model)
     for message in report.warnings:
@@ -175,9 +175,9 @@ def _released_config(
     text_kwargs = {k: v for k, v in raw.items() if k in known or k in ("rope_theta", "rope_scaling")}
     text_kwargs.pop("dtype", None)
     n_layers = int(raw["num_hidden_layers"])
-    ttt = dict(TTT_DEFAULTS, ttt_layers=list(range(n_layers - n_layers // 4, n_layers)))
+    ttt = dict(TTTConfig.defaults(), ttt_layers=list(range(n_layers - n_layers // 4, n_layers)))
     for key in list(overrides):
-        if key in TTT_DEFAULTS:
+        if key in TTTConfig.keys():
             ttt[key] = overrides.pop(key)
     ttt["ttt_layers"] = sorted(int(i) for i in ttt["ttt_layers"])
     check_ttt_layers(ttt["ttt_layers"], n_layers)
@@ -185,7 +185,7 @@ def _released_config(
     if overrides:
         raise UserError(
             f"unknown model override(s) for a LLaMA-Omni load: {', '.join(sorted(overrides))}",
-            fix=f"use TTT keys ({', '.join(TTT_DEFAULTS)}) or speech_positions",
+            fix=f"use TTT keys ({', '.join(TTTConfig.keys())}) or speech_positions",
         )
     text_config = LlamaConfig(**text_kwargs, **ttt)
     top: dict[str, Any] = {"speech_positions": speech_positions}

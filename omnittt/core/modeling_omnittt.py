@@ -78,15 +78,6 @@ def ttt_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if getattr(m, "is_ttt_layer", False)]
 
 
-def keep_ttt_state_fp32(model: torch.nn.Module) -> None:
-    """Put the TTT inner-state parameters back to float32. A no-op after any load or cast: the layers keep them
-    float32 themselves (`ttt_layer.FP32_PARAMS`); kept for callers that still ask (loading.py)."""
-    for _, module in ttt_modules(model):
-        for name, param in module.named_parameters(recurse=False):
-            if name in TTT_STATE_PARAMS and param.dtype != torch.float32:
-                param.data = param.data.float()
-
-
 class OmniTTTPreTrainedModel(PreTrainedModel):
     config_class = OmniTTTConfig
     base_model_prefix = "omnittt"

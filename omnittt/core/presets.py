@@ -26,8 +26,6 @@ from omnittt.errors import UserError
 
 PRESETS = ("tiny", "llama-omni-8b")
 
-# The TTT keys of the text config and their defaults as keyword arguments (for loading.py); `TTTConfig` defines them.
-TTT_DEFAULTS: dict[str, Any] = TTTConfig.defaults()
 TOP_LEVEL_KEYS = ("speech_positions", "speech_projector_dim", "speech_ds_rate")
 
 # Llama-3.1-8B-Instruct as released in ICTNLP/Llama-3.1-8B-Omni's config.json.
