@@ -23,7 +23,7 @@ import yaml
 
 from omnittt.atomic import atomic_directory
 from omnittt.errors import UserError
-from omnittt.train.checkpoint import read_trainer_state
+from omnittt.train.checkpoint import read_trainer_state, verify_checkpoint
 from omnittt.train.run_dir import CHECKPOINT_PREFIX, RunDir, find_run_dir, resolve_checkpoint
 
 # what a checkpoint holds beside the weights that an exported model also needs
@@ -42,6 +42,9 @@ def export_checkpoint(run: str | os.PathLike, to: str | os.PathLike, checkpoint:
     from omnittt.core.loading import load_model
 
     source = _checkpoint(Path(run), checkpoint)
+    # the inputs, before anything is read into memory or removed (--overwrite): trainer state, weights complete
+    # and of the model config.json describes, tokenizer and feature-extractor config beside them
+    verify_checkpoint(source, require=("tokenizer.json", "tokenizer_config.json", FEATURE_EXTRACTOR_FILE))
     target = Path(to)
     try:
         run_dir: RunDir | None = find_run_dir(source)

@@ -134,6 +134,8 @@ def _step_of(path: Path) -> int:
 def find_run_dir(path: str | os.PathLike) -> RunDir:
     """A run directory given the run folder, its checkpoints folder or one checkpoint inside it."""
     path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such run directory", fix="check the path (see `ls runs`)")
     for candidate in (path, path.parent, path.parent.parent):
         if (candidate / CONFIG_FILE).is_file() and (candidate / CHECKPOINTS_DIR).is_dir():
             return RunDir(candidate)
