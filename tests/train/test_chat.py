@@ -277,7 +277,17 @@ def test_waveform_input_any_rate_and_channels(chat):
     t = np.arange(22050) / 22050
     stereo = np.stack([np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 300 * t)], axis=1).astype(np.float32) * 0.2
     reply = session.user_turn(audio=stereo, sample_rate=22050, label="mic")
-    assert reply.user == "mic (1.0 s)" and reply.prompt_positions > 10  # 10 speech positions per second + text
+    assert reply.user == "mic (1.0 s)"
+    # exactly the text prompt's tokens plus the positions the speech arithmetic gives 1 s at 16 kHz (trim: 10)
+    from omnittt.data.audio import prepare_waveform
+
+    wave, _ = prepare_waveform(stereo, 22050)
+    assert len(wave) == SAMPLE_RATE and split_segments(len(wave)) == [SAMPLE_RATE]
+    prompt = session.builder.generation_prompt(Exchange(1, ""), first=True)  # one placeholder, one segment
+    text_tokens = len(prompt) - 1
+    mode = session.model.config.speech_positions
+    assert mode == "trim" and sample_positions(len(prompt), [SAMPLE_RATE], mode) == text_tokens + 10
+    assert reply.prompt_positions == text_tokens + 10
 
 
 def test_streamed_text_is_the_reply(chat):

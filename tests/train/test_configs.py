@@ -18,8 +18,24 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_resolves(path):
+    """The file becomes a TrainSettings that holds every key exactly as written (nothing dropped, renamed or
+    defaulted over), names a known preset and curriculum stage, and survives config.yaml's round trip."""
+    import yaml
+
+    from omnittt.core.presets import PRESETS
+    from omnittt.data.curriculum import stage_names
+    from omnittt.train.setup import NO_STAGE
+
+    raw = yaml.safe_load(path.read_text())
     settings = TrainSettings.load_yaml(path)
+    assert type(settings) is TrainSettings
     settings.require_model()
+    assert raw and set(raw) <= set(settings.to_dict())
+    for key, value in raw.items():
+        assert settings.to_dict()[key] == value, key
+    assert settings.model is not None or settings.preset in PRESETS
+    assert settings.stage in [*stage_names(), NO_STAGE]
+    assert TrainSettings.from_dict(settings.to_dict()) == settings
 
 
 def test_tiny_config_trains_a_step(synthetic_data, tmp_path):
