@@ -39,6 +39,7 @@ from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.prompt import Exchange, PromptBuilder
 from omnittt.core.speech import SAMPLE_RATE, padding_for, split_segments
 from omnittt.core.ttt_cache import TTTCache
+from omnittt.core.ttt_config import TTTConfig
 from omnittt.errors import UserError
 
 STATE_FORMAT = "omnittt-chat-state"
@@ -46,7 +47,7 @@ STATE_VERSION = 1
 HEADER_KEY = "omnittt_chat"  # safetensors metadata key holding the JSON header
 # config keys a saved state depends on: a state only loads into a model that agrees on all of them
 _STATE_CONFIG_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                      "ttt_layers", "ttt_type", "ttt_mode", "ttt_mini_batch_size", "attention_window", "vocab_size")
+                      *TTTConfig.STATE_KEYS, "vocab_size")
 
 
 # -- results ----------------------------------------------------------------------------------------------------
