@@ -153,8 +153,9 @@ def render_recall(console: Any, recall: dict[str, Any]) -> None:
     for name in ("run", "distance", "dialogues", "answer loss [interval]", "token acc.", "exact match"):
         table.add_column(name, justify="left" if name in ("run", "distance") else "right")
     for run in recall["runs"]:
-        for key, prefix in (("all", ""), ("by_turns", "turns "), ("by_positions", "positions ")):
-            for row in run[key]:
+        for key, prefix in (("all", ""), ("by_turns", "turns "), ("by_positions", "positions "),
+                            ("by_facts", "facts held ")):
+            for row in run.get(key, []):
                 acc = f"{row['token_accuracy']:.1%}" if "token_accuracy" in row else "—"
                 em = f"{row['exact_match']:.1%}" if "exact_match" in row else "—"
                 table.add_row(run["name"] if key == "all" else "", f"{prefix}{row['distance']}",
@@ -166,6 +167,27 @@ def render_recall(console: Any, recall: dict[str, Any]) -> None:
     console.print(table)
     for gap in recall["gaps"]:
         console.print(f"[dim]Δ {gap['name']}: {gap['meaning']}[/dim]")
+    for run in recall["runs"]:
+        render_needle(console, run)
+
+
+def render_needle(console: Any, run: dict[str, Any]) -> None:
+    """Exact match by position distance (rows) and facts held at once (columns), for one run."""
+    from rich.table import Table
+
+    cells = run.get("needle") or []
+    facts = sorted({cell["facts"] for cell in cells})
+    if len(cells) < 2:
+        return
+    table = Table(title=f"needle grid, {run['name']}: exact match by distance and facts held", title_justify="left")
+    table.add_column("positions")
+    for f in facts:
+        table.add_column(f"{f} fact{'s' if f > 1 else ''}", justify="right")
+    for label in dict.fromkeys(cell["distance"] for cell in cells):
+        row = {cell["facts"]: cell for cell in cells if cell["distance"] == label}
+        table.add_row(label, *(f"{row[f]['exact_match']:.0%} ({row[f]['items']})" if f in row else "—"
+                               for f in facts))
+    console.print(table)
 
 
 def render_chart(console: Any, report: dict[str, Any], width: int = 40) -> None:

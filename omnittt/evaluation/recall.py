@@ -1,11 +1,17 @@
-"""The recall probe on the synthetic recall dialogues (`omnittt.data.synthetic`, domain "recall"): the user gives
-a code in the dialogue's first exchange ("Please remember this code: three one four."), filler exchanges follow,
-and the last reply repeats it ("The code you gave me was three one four."). The answer tokens are the code in
-that last reply: the common tail of the two replies' target tokens, without the final punctuation and
-end-of-turn. For each dialogue (inside whatever session the stage packed it into) the probe reports the
-teacher-forced loss of the answer tokens, whether every answer token is the greedy (argmax) prediction (exact
-match), and the distance to the fact in turns and in positions; and the paired gap between two runs on the same
-answer tokens (e.g. TTT state reset every turn minus carried), with a bootstrap interval over dialogues.
+"""The recall probe: does the model answer a question about a fact stated exchanges earlier?
+
+Two kinds of recall dialogue (manifest `domain` "recall") are found:
+- with a query table (`omnittt.data.recall_corpus`: the manifest entry's `recall.queries` lists, per question, its
+  exchange, the exchange of its fact and the answer): one item per question, the answer tokens being the reply's
+  targets without the end-of-turn; `recall.facts` is how many facts the dialogue holds at once;
+- without one (`omnittt.data.synthetic`): the code given in the first exchange ("Please remember this code: three
+  one four.") is asked for in the last, whose reply repeats it; the answer tokens are the common tail of the two
+  replies' targets, without the final punctuation and end-of-turn.
+For each item (inside whatever session the stage packed it into) the probe reports the teacher-forced loss of the
+answer tokens, whether every answer token is the greedy (argmax) prediction (exact match), and the distance to the
+fact in turns and in positions, by distance, by facts held and as a needle grid (distance x facts -> exact match);
+and the paired gap between two runs on the same answer tokens (e.g. TTT state reset every turn minus carried), with
+a bootstrap interval over items.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class RecallItem:
     answer_exchange: int
     answer_ordinals: tuple[int, ...]
     answer_text: str
+    facts: int = 1  # facts the dialogue holds at once
 
 
 def _targets(labels: Any) -> list[int]:
@@ -42,13 +49,8 @@ def _targets(labels: Any) -> list[int]:
     return [int(t) for t in labels[1:].tolist() if int(t) != IGNORE_INDEX]
 
 
-def _answer_span(fact: list[int], answer: list[int], tokenizer: Any) -> tuple[int, int]:
-    """[start, end) in `answer` of the code: the common tail of both replies' targets, trimmed of tokens that
-    are special or only punctuation/space."""
-    tail = 0
-    while tail < min(len(fact), len(answer)) and fact[-1 - tail] == answer[-1 - tail]:
-        tail += 1
-    start, end = len(answer) - tail, len(answer)
+def _trimmed(answer: list[int], start: int, end: int, tokenizer: Any) -> tuple[int, int]:
+    """[start, end) narrowed past tokens that are special or only punctuation/space."""
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     def empty(token: int) -> bool:
@@ -62,12 +64,45 @@ def _answer_span(fact: list[int], answer: list[int], tokenizer: Any) -> tuple[in
     return start, end
 
 
+def _answer_span(fact: list[int], answer: list[int], tokenizer: Any) -> tuple[int, int]:
+    """[start, end) in `answer` of the code: the common tail of both replies' targets, trimmed."""
+    tail = 0
+    while tail < min(len(fact), len(answer)) and fact[-1 - tail] == answer[-1 - tail]:
+        tail += 1
+    return _trimmed(answer, len(answer) - tail, len(answer), tokenizer)
+
+
+def _item(store: Any, tokenizer: Any, dialogue: str, conv: int, fact: tuple[int, int], ask: tuple[int, int],
+          facts: int, whole_reply: bool) -> RecallItem | None:
+    """The item asking in exchange `ask` (exchange in session, sample id) for the fact of exchange `fact`."""
+    answer = _targets(store.load(ask[1])["labels"])
+    if whole_reply:
+        start, end = _trimmed(answer, 0, len(answer), tokenizer)
+    else:
+        start, end = _answer_span(_targets(store.load(fact[1])["labels"]), answer, tokenizer)
+    if end <= start:
+        return None
+    return RecallItem(dialogue, conv, fact[0], ask[0], tuple(range(start, end)),
+                      tokenizer.decode(answer[start:end]).strip(), facts)
+
+
+def _dialogue_items(store: Any, tokenizer: Any, dialogue: str, conv: int, exchanges: list[tuple[int, int]],
+                    entry: dict[str, Any]) -> list[RecallItem]:
+    recall = entry.get("recall") or {}
+    queries = recall.get("queries")
+    if not queries:
+        item = _item(store, tokenizer, dialogue, conv, exchanges[0], exchanges[-1], 1, whole_reply=False)
+        return [item] if item else []
+    found = (_item(store, tokenizer, dialogue, conv, exchanges[q["fact_exchange"]], exchanges[q["exchange"]],
+                   int(recall.get("facts", 1)), whole_reply=True) for q in queries)
+    return [item for item in found if item is not None]
+
+
 def find_recall_items(dataset: Any, tokenizer: Any) -> list[RecallItem]:
-    """Every complete recall dialogue of a `ConversationDataset` (its first and last exchange inside one
-    loader conversation), found through the index and the manifest's `domain`."""
+    """Every question of every complete recall dialogue of a `ConversationDataset` (all its exchanges inside one
+    loader conversation), found through the index and the manifest."""
     store = dataset.store
-    domain = {entry.get("conversation_id"): entry.get("domain") for entry in store.manifest}
-    turns_of = {entry.get("conversation_id"): int(entry.get("num_turns", 0)) for entry in store.manifest}
+    entries = {entry.get("conversation_id"): entry for entry in store.manifest}
     items = []
     for c, conv in enumerate(dataset.conversations):
         runs: dict[str, list[tuple[int, int]]] = {}  # dialogue -> [(exchange in session, sample id)]
@@ -75,15 +110,11 @@ def find_recall_items(dataset: Any, tokenizer: Any) -> list[RecallItem]:
             entry = store.entry(ref.sample_id)
             runs.setdefault(entry["conversation_id"], []).append((k, ref.sample_id))
         for dialogue, exchanges in runs.items():
-            if domain.get(dialogue) != RECALL_DOMAIN or len(exchanges) < 2 or len(exchanges) != turns_of.get(dialogue):
+            entry = entries.get(dialogue) or {}
+            if entry.get("domain") != RECALL_DOMAIN or len(exchanges) < 2 \
+                    or len(exchanges) != int(entry.get("num_turns", 0)):
                 continue
-            (k0, fact_id), (k1, answer_id) = exchanges[0], exchanges[-1]
-            fact, answer = _targets(store.load(fact_id)["labels"]), _targets(store.load(answer_id)["labels"])
-            start, end = _answer_span(fact, answer, tokenizer)
-            if end <= start:
-                continue
-            items.append(RecallItem(dialogue, c, k0, k1, tuple(range(start, end)),
-                                    tokenizer.decode(answer[start:end]).strip()))
+            items += _dialogue_items(store, tokenizer, dialogue, c, exchanges, entry)
     return items
 
 
@@ -118,6 +149,8 @@ def recall_probe(items: list[RecallItem], names: list[str], scores: list[TokenSc
     labels = [_distance_label(int(d)) for d in position_distance]
     for label in sorted(set(labels), key=lambda s: int(s.split("-")[0].rstrip("+"))):
         groups["by_positions"].append((label, np.array([x == label for x in labels])))
+    facts = np.array([item.facts for item, _ in kept])
+    groups["by_facts"] = [(str(f), facts == f) for f in sorted(set(facts.tolist()))]
     groups["all"] = [("all", np.ones(len(kept), dtype=bool))]
     out: dict[str, Any] = {
         "dialogues": len(kept), "answer_tokens": int(len(token_index)),
@@ -130,7 +163,7 @@ def recall_probe(items: list[RecallItem], names: list[str], scores: list[TokenSc
     for name, answer in zip(names, answers, strict=True):
         rows = {key: [_row(label, sel, dialogue, answer, options) for label, sel in spec]
                 for key, spec in groups.items()}
-        out["runs"].append({"name": name, **rows})
+        out["runs"].append({"name": name, **rows, "needle": _needle(labels, facts, _exact(dialogue, answer.correct))})
     for a, b in pairs or []:
         em_a, em_b = _exact(dialogue, answers[a].correct), _exact(dialogue, answers[b].correct)
         gap = {key: [_row(label, sel, dialogue, answers[a], options, other=answers[b]) for label, sel in spec]
@@ -140,6 +173,18 @@ def recall_probe(items: list[RecallItem], names: list[str], scores: list[TokenSc
                                        "recalls better); exact_match_gain: exact-match rate of a minus b",
                             "exact_match_gain": float(em_a.mean() - em_b.mean()), **gap})
     return out
+
+
+def _needle(labels: list[str], facts: np.ndarray, exact: np.ndarray) -> list[dict[str, Any]]:
+    """Exact-match rate per (position-distance bin, facts held) cell: the needle-in-a-haystack grid."""
+    cells = []
+    for label in sorted(set(labels), key=lambda s: int(s.split("-")[0].rstrip("+"))):
+        for f in sorted(set(facts.tolist())):
+            select = np.array([x == label for x in labels]) & (facts == f)
+            if select.any():
+                cells.append({"distance": label, "facts": int(f), "items": int(select.sum()),
+                              "exact_match": float(exact[select].mean())})
+    return cells
 
 
 def _exact(dialogue: np.ndarray, correct: np.ndarray) -> np.ndarray:
