@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -15,6 +16,26 @@ from omnittt.errors import UserError
 F = TypeVar("F", bound=Callable[..., Any])
 
 state = {"verbose": False}
+
+DEFAULT_DATA = Path("processed_data")
+
+
+def data_option() -> Any:
+    """`--data DIR`, the processed dataset of every command that reads one."""
+    return typer.Option(None, "--data", help=f"The processed dataset directory (default: {DEFAULT_DATA}).")
+
+
+def data_argument() -> Any:
+    """The positional DATA that `validate` and `curriculum` also accept (the same as --data)."""
+    return typer.Argument(None, metavar="DATA", show_default=False, help="Same as --data DIR.")
+
+
+def dataset_dir(option: Path | None, positional: Path | None) -> Path:
+    """The processed dataset from --data or the positional DATA (one of them, or both naming the same folder)."""
+    if option is not None and positional is not None and option != positional:
+        raise UserError(f"two datasets given: --data {option} and {positional}",
+                        fix="give the dataset once: --data DIR")
+    return option or positional or DEFAULT_DATA
 
 
 def report_user_error(exc: UserError) -> None:

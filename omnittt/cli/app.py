@@ -1,25 +1,16 @@
-"""The `omnittt` typer app. Each command lives in its own module under omnittt/cli; none of them imports
-torch or transformers at module level, so `omnittt --help` stays fast."""
+"""The `omnittt` typer app, registered from the command table (`omnittt.cli.commands.COMMANDS`). Each command
+lives in its own module under omnittt/cli; none of them imports torch or transformers at module level, so
+`omnittt --help` stays fast."""
 
 from __future__ import annotations
+
+from importlib import import_module
 
 import typer
 
 from omnittt import __version__
-from omnittt.cli import (
-    chat,
-    curriculum,
-    download,
-    evaluate,
-    export,
-    monitor,
-    preprocess,
-    quickstart,
-    resume,
-    train,
-    validate,
-)
 from omnittt.cli._common import state
+from omnittt.cli.commands import COMMANDS
 
 app = typer.Typer(
     name="omnittt",
@@ -46,9 +37,19 @@ def _root(
     state["verbose"] = verbose
 
 
-for module in (download, preprocess, validate, curriculum, train, resume, monitor, chat, evaluate, export,
-               quickstart):
-    module.register(app)
+def register_commands(app: typer.Typer) -> None:
+    """Add every command of `COMMANDS`, in its order, under its name and with its line of help."""
+    for command in COMMANDS:
+        before = len(app.registered_commands)
+        import_module(f"omnittt.cli.{command.module}").register(app)
+        if len(app.registered_commands) != before + 1:
+            raise RuntimeError(f"omnittt.cli.{command.module}.register must add exactly one command")
+        info = app.registered_commands[-1]
+        info.name = command.name
+        info.short_help = command.short_help
+
+
+register_commands(app)
 
 
 def main() -> None:

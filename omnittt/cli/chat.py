@@ -71,7 +71,7 @@ def parse_line(raw: str, base: Path | None = None) -> Line:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("chat", help=HELP, short_help="Talk to a trained model with persistent TTT state across turns.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         run: str | None = typer.Option(None, "--run", help="Run directory (its latest checkpoint) or a checkpoint."),

@@ -7,21 +7,22 @@ from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors
+from omnittt.cli._common import data_argument, data_option, dataset_dir, handle_errors
 
 HELP = (
     "Show the 8k/16k/32k/64k stage table of a processed dataset: per stage the conversations and the sessions "
     "(same-group conversations packed to the stage's length), their share of the data, positions, hours and "
     "learning rate. Empty stages are flagged with what to do.\n\n"
-    "Example: [bold]omnittt curriculum processed_data --stage 8k --write stage_8k.jsonl[/bold]"
+    "Example: [bold]omnittt curriculum --data processed_data --stage 8k --write stage_8k.jsonl[/bold]"
 )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("curriculum", help=HELP, short_help="Show the 8k/16k/32k/64k stage table of a processed dataset.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
-        data_dir: Path = typer.Argument(Path("processed_data"), help="The processed dataset directory."),
+        data: Path = data_option(),
+        data_arg: Path = data_argument(),
         stage: str = typer.Option(None, "--stage", "-s", help="Only this stage (8k, 16k, 32k, 64k)."),
         write: Path = typer.Option(None, "--write", "-w", help="Write the stage's conversations and sessions "
                                    "(one JSON line each) to this file; needs --stage."),
@@ -33,9 +34,10 @@ def register(app: typer.Typer) -> None:
         from omnittt.errors import UserError
 
         if write is not None and stage is None:
-            raise UserError("--write needs --stage", fix="e.g. omnittt curriculum DATA --stage 8k --write 8k.jsonl")
+            raise UserError("--write needs --stage",
+                            fix="e.g. omnittt curriculum --data DIR --stage 8k --write 8k.jsonl")
         stages = [get_stage(stage)] if stage is not None else list(STAGES)
-        store = open_dataset(data_dir)
+        store = open_dataset(dataset_dir(data, data_arg))
         plans = plan_stages(store, stages)
         render(store, plans, console)
         if write is not None:

@@ -30,8 +30,7 @@ SOURCES = ("synthetic", "deepdialogue", "librispeech", "librilight")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("download", help=HELP,
-                 short_help="Fetch a corpus (deepdialogue, librispeech, librilight) or make the synthetic one.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         source: str = typer.Argument(None, help="synthetic, deepdialogue, librispeech or librilight.",

@@ -25,7 +25,7 @@ Examples:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("monitor", help=HELP, short_help="Live TUI of TTT-state norms, FP32 status and training health.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         run_dir: Optional[Path] = typer.Argument(

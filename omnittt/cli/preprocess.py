@@ -30,8 +30,7 @@ SHOWN_ERRORS = 5
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("preprocess", help=HELP,
-                 short_help="Turn a raw corpus into a processed dataset of exchange samples.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         source: str = typer.Argument(..., help="deepdialogue, synthetic, conversations, dailytalk, librispeech, "

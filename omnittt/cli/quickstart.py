@@ -25,7 +25,7 @@ Example: [bold]omnittt quickstart --dir quickstart --fast[/bold]"""
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("quickstart", help=HELP, short_help="The whole pipeline offline on a tiny model, in minutes.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         directory: Path = typer.Option(Path("quickstart"), "--dir", help="Folder for every artefact."),

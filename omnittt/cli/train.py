@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors
+from omnittt.cli._common import data_option, handle_errors
 
 HELP = (
     "Train a TTT speech model conversation by conversation.\n\n"
@@ -24,13 +24,13 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help=HELP, short_help="Train a TTT speech model conversation by conversation.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         preset: str = typer.Option(None, "--preset", help="Model preset: tiny or llama-omni-8b."),
         model: Path = typer.Option(None, "--model", help="Local model directory (a checkpoint, an export, or "
                                    "a LLaMA-Omni / Llama download) to start from."),
-        data: Path = typer.Option(None, "--data", help="Processed dataset (default: processed_data)."),
+        data: Path = data_option(),
         stage: str = typer.Option(None, "--stage", help="Curriculum stage: 8k, 16k, 32k, 64k (sessions packed "
                                   "to the stage's length), or none (whole conversations). Default 8k."),
         allow_skip: bool = typer.Option(False, "--allow-skip", help="Start a later stage without the previous "

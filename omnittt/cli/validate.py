@@ -7,25 +7,25 @@ from typing import Any
 
 import typer
 
-from omnittt.cli._common import handle_errors
+from omnittt.cli._common import data_argument, data_option, dataset_dir, handle_errors
 
 HELP = (
     "Check a processed dataset: structure, audio, alignment, labels, tokens.\n\n"
     "Structural checks (index, conversations, settings) always cover every sample; per-sample checks (format, "
     "audio, alignment, labels, tokens) cover all samples or a seeded --sample-size. Exit code 0: clean "
     "(warnings allowed), 1: errors found, 2: could not run.\n\n"
-    "Example: [bold]omnittt validate processed_data --sample-size 1000 --output report.json[/bold]"
+    "Example: [bold]omnittt validate --data processed_data --sample-size 1000 --output report.json[/bold]"
 )
 
 SHOWN_OFFENDERS = 3
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("validate", help=HELP,
-                 short_help="Check a processed dataset: structure, audio, alignment, labels, tokens.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
-        data_dir: Path = typer.Argument(Path("processed_data"), help="The processed dataset directory."),
+        data: Path = data_option(),
+        data_arg: Path = data_argument(),
         sample_size: int = typer.Option(None, "--sample-size", "-n", help="Check this many samples (seeded); "
                                         "default: all. Structural checks always cover everything."),
         seed: int = typer.Option(0, "--seed", help="Seed for choosing --sample-size samples."),
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         with make_progress(transient=True) as progress:
             task = progress.add_task("checking samples", total=None)
             report = validate_dataset(
-                data_dir, sample_size=sample_size, seed=seed, workers=workers,
+                dataset_dir(data, data_arg), sample_size=sample_size, seed=seed, workers=workers,
                 on_progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
         render(report, console)

@@ -120,6 +120,20 @@ def test_cli_table_write_and_empty_stages(data, truth, tmp_path):
     assert result.exit_code == 2 and "--stage" in result.output
 
 
+def test_data_is_an_option_and_the_positional_form_still_works(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnittt.cli.app import app
+
+    runner = CliRunner()
+    as_option = runner.invoke(app, ["curriculum", "--data", str(data)], terminal_width=200)
+    as_argument = runner.invoke(app, ["curriculum", str(data)], terminal_width=200)
+    assert as_option.exit_code == 0, as_option.output
+    assert as_option.output == as_argument.output
+    two = runner.invoke(app, ["curriculum", str(data), "--data", str(tmp_path)])
+    assert two.exit_code == 2 and "two datasets" in two.output
+
+
 def test_write_lists_a_stage(data, truth, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

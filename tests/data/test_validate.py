@@ -210,6 +210,10 @@ def test_cli_exit_codes_and_report(clean_pt, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["ok"] and set(report["checks"]) == set(CHECKS)
+    as_option = tmp_path / "report_option.json"  # --data DIR is the same as the positional DATA
+    result = runner.invoke(app, ["validate", "--data", str(clean_pt), "--output", str(as_option), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(as_option.read_text())["checks"] == report["checks"]
     data = copy_dataset(clean_pt, tmp_path / "broken")
     rel = _edit_sample(data, 3, lambda s: s["speech"].zero_())
     result = runner.invoke(app, ["validate", str(data), "--workers", "1"])

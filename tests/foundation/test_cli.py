@@ -15,12 +15,21 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def _commands() -> list[str]:
-    """The commands registered on the app, in order (so a new command is checked without editing this file)."""
+    """The commands of the command table, in order (so a new command is checked without editing this file)."""
+    from omnittt.cli.commands import COMMANDS
+
+    return [command.name for command in COMMANDS]
+
+
+def test_the_app_registers_the_command_table():
     import typer.main
 
     from omnittt.cli import app
+    from omnittt.cli.commands import COMMANDS
 
-    return list(typer.main.get_command(app).commands)
+    registered = typer.main.get_command(app).commands
+    assert list(registered) == _commands()
+    assert [registered[c.name].short_help for c in COMMANDS] == [c.short_help for c in COMMANDS]
 
 
 def test_commands_are_the_readme_table():
@@ -39,10 +48,13 @@ def test_help_lists_every_command_with_a_line_of_help():
     # `python -m omnittt` with this interpreter: the test does not depend on the shell's PATH
     out = subprocess.run([sys.executable, "-m", "omnittt", "--help"], capture_output=True, text=True, check=True,
                          env={"COLUMNS": "200", "NO_COLOR": "1"}).stdout
-    for command in _commands():
-        line = next((ln for ln in out.splitlines() if ln.strip("│ ").startswith(command + " ")), None)
-        assert line is not None, f"{command} missing from --help"
-        assert len(line.strip("│ ").split()) > 2, f"{command} has no help line"
+    from omnittt.cli.commands import COMMANDS
+
+    for command in COMMANDS:
+        line = next((ln for ln in out.splitlines() if ln.strip("│ ").startswith(command.name + " ")), None)
+        assert line is not None, f"{command.name} missing from --help"
+        assert len(line.strip("│ ").split()) > 2, f"{command.name} has no help line"
+        assert line.strip("│ ").split()[1] == command.short_help.split()[0], f"{command.name}: not the table's help"
 
 
 def _example_lines(help_text: str) -> list[str]:
