@@ -337,14 +337,6 @@ class TTTCache(Cache):
             if isinstance(layer, TTTCacheLayer):
                 yield idx, layer
 
-    def _kv_layers(self) -> Iterator[DynamicLayer]:
-        for layer in self.layers:
-            if isinstance(layer, TTTCacheLayer):
-                if layer.kv is not None:
-                    yield layer.kv
-            else:
-                yield layer
-
     def attention_layer_index(self, sliding: bool) -> int | None:
         """Index of the first layer holding full (or sliding-window) attention KV, None if there is none."""
         for idx, layer in enumerate(self.layers):

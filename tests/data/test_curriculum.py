@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from omnittt.core.speech import padded_positions, sample_positions
-from omnittt.data.curriculum import STAGES, CurriculumScheduler, Stage, get_stage
+from omnittt.data.curriculum import STAGES, Stage, get_stage, previous_stage_name
 from omnittt.data.dataset import plan_stages
 from omnittt.errors import UserError
 
@@ -51,25 +51,10 @@ def test_stage_table_is_the_one_place():
         get_stage("128k")
 
 
-def test_scheduler_walks_in_order_and_refuses_skips():
-    sched = CurriculumScheduler()
-    assert sched.stage.name == "8k"
-    assert sched.advance().name == "16k"
-    with pytest.raises(UserError, match="skips the curriculum order"):
-        sched.set_stage("64k")
-    with pytest.raises(UserError, match="skips"):
-        sched.set_stage("8k")  # going back is a skip too
-    assert sched.set_stage("64k", allow_skip=True).name == "64k" and sched.is_last
-    with pytest.raises(UserError, match="last curriculum stage"):
-        sched.advance()
-    resumed = CurriculumScheduler()
-    resumed.load_state_dict(sched.state_dict())
-    assert resumed.stage.name == "64k"
-    with pytest.raises(UserError, match="skips"):
-        CurriculumScheduler(start="32k")
-    assert CurriculumScheduler(start="32k", allow_skip=True).stage.name == "32k"
-    with pytest.raises(UserError, match="stage table"):
-        CurriculumScheduler(SMALL).load_state_dict(sched.state_dict())
+def test_each_stage_continues_from_the_one_before():
+    assert [previous_stage_name(s.name) for s in STAGES] == [None, "8k", "16k", "32k"]
+    assert previous_stage_name("128k") is None
+    assert previous_stage_name("s2", SMALL) == "s1" and previous_stage_name("s2") is None
 
 
 def test_stage_plans_match_counts_from_the_files(data, truth):
