@@ -9,6 +9,7 @@ TTT layers 24-31 and `speech_positions="full"`, what the released weights were t
 from __future__ import annotations
 
 import functools
+import re
 from contextlib import nullcontext
 from typing import Any
 
@@ -117,6 +118,7 @@ def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
         top["speech_positions"] = "full"
     else:
         raise UserError(f"unknown preset {preset!r}", fix=f"choose one of: {', '.join(PRESETS)}")
+    preset_ttt_layers = list(text["ttt_layers"])
     known_text = set(LlamaConfig().to_dict()) | set(TTTConfig.keys())
     for key, value in overrides.items():
         if key in TOP_LEVEL_KEYS:
@@ -133,6 +135,9 @@ def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
             )
     text["ttt_layers"] = sorted(int(i) for i in text["ttt_layers"])
     check_ttt_layers(text["ttt_layers"], text["num_hidden_layers"])
+    if not text["ttt_layers"]:
+        # the attention-only baseline: its attention in the layers the preset makes TTT is what it is compared on
+        text.setdefault(BASELINE_LAYERS_KEY, preset_ttt_layers)
     return OmniTTTConfig(text_config=LlamaConfig(**text), speech_config=WhisperConfig(**speech), **top)
 
 
@@ -170,6 +175,11 @@ def build_model(
 
 # -- parameter groups (trainable subsets and optimiser groups: omnittt.train.trainable) -----------------------
 GROUPS = ("ttt_init", "ttt", "projector", "llm", "encoder")
+# Text-config attribute of an attention-only model: the layers where the preset puts TTT layers. Their attention
+# joins the "ttt" group, so `--train ttt,...` trains in the baseline what it trains in the TTT model it stands
+# beside.
+BASELINE_LAYERS_KEY = "attention_baseline_layers"
+_LAYER = re.compile(r"^language_model\.model\.layers\.(\d+)\.self_attn\.")
 
 
 def parameter_group(model: OmniTTTForCausalLM, name: str) -> str:
@@ -182,6 +192,9 @@ def parameter_group(model: OmniTTTForCausalLM, name: str) -> str:
     if owner in _ttt_module_names(model):
         return "ttt_init" if is_ttt_state_param(name) else "ttt"
     if any(owner.startswith(prefix + ".") for prefix in _ttt_module_names(model)):
+        return "ttt"
+    layer = _LAYER.match(name)
+    if layer and int(layer.group(1)) in (getattr(model.config.text_config, BASELINE_LAYERS_KEY, None) or ()):
         return "ttt"
     return "llm"
 

@@ -30,6 +30,7 @@ from omnittt.atomic import atomic_write_json
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.core.speech import segment_positions
+from omnittt.errors import UserError
 from omnittt.train.checkpoint import save_checkpoint
 from omnittt.train.faults import fault_point
 from omnittt.train.guard import NonFiniteGuard, nonfinite_problems
@@ -233,6 +234,11 @@ class Trainer:
             if len(exchanges) else []
         problems = self._agreed(problems)
         if not problems and loss is not None:
+            if not loss.requires_grad:
+                raise UserError(
+                    f"the trained groups ({self.settings.train}) get no gradient from this data (text-only user "
+                    "turns never reach the speech projector, for one)",
+                    fix="train groups the loss depends on, e.g. --train ttt,projector or --train llm,projector")
             self.accelerator.backward(loss / self.settings.gradient_accumulation)
         if not problems:
             problems = self._agreed(nonfinite_problems(model=model) if loss is not None else [])

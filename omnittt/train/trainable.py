@@ -84,4 +84,8 @@ def parameter_groups(
             if group in lr_for:
                 entry["lr"] = lr_for[group]
             result.append(entry)
+    if not result:
+        spec = train if isinstance(train, str) else ",".join(train)
+        raise UserError(f"nothing to train: --train {spec!r} selects no parameter of this model",
+                        fix="choose groups the model has, e.g. --train ttt,projector or --train llm,projector")
     return result
