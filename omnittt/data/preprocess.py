@@ -10,10 +10,10 @@ How it stays correct when things go wrong:
   (`.preprocess/journal.jsonl`). A rerun after a kill reads the journal (dropping a torn last line), skips the
   dialogues it holds and continues with the next sample id: it ends with exactly the samples of an
   uninterrupted run. The index files are written atomically from the journal at the end, index.json last.
-- Crash tests inject faults through `OMNITTT_FAULT_AT=phase:n[,phase:n]` (phases: `sample` after the n-th
-  sample file, `rename` between a sample's temp write and its rename, `journal` in the middle of the n-th
-  dialogue's journal line, `finalize` after the n-th index file); `OMNITTT_FAULT_MODE=kill` makes the fault
-  a SIGKILL.
+- Crash tests inject faults through `OMNITTT_FAULT_AT=phase@n[,phase@n]` (`omnittt.faults`; phases: `sample`
+  after the n-th sample file, `rename` between a sample's temp write and its rename, `journal` in the middle of
+  the n-th dialogue's journal line, `finalize` after the n-th index file); `OMNITTT_FAULT_MODE=kill` makes the
+  fault a SIGKILL.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from omnittt.data.sources import (
     resolve_input,
 )
 from omnittt.errors import UserError
+from omnittt.faults import fault_spec
 
 TASKS = ("dialogue", "asr")
 SPLIT_SOURCES = ("librispeech", "commonvoice", "librilight")  # sources with a --split choice
@@ -103,15 +104,12 @@ class InjectedFault(BaseException):
 
 
 class Faults:
-    """`OMNITTT_FAULT_AT=phase:n[,phase:n]`: fail at the n-th time `hit(phase)` is reached in this run."""
+    """`OMNITTT_FAULT_AT=phase@n[,phase@n]` (`omnittt.faults`): fail at the n-th time `hit(phase)` is reached in
+    this run."""
 
     def __init__(self, spec: str | None = None, mode: str | None = None) -> None:
-        spec = os.environ.get("OMNITTT_FAULT_AT", "") if spec is None else spec
         self.mode = os.environ.get("OMNITTT_FAULT_MODE", "raise") if mode is None else mode
-        self.at: dict[str, int] = {}
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            phase, _, n = item.partition(":")
-            self.at[phase] = int(n or 1)
+        self.at: dict[str, int] = {phase: n or 1 for phase, n in fault_spec(spec).items()}
         self.counts: Counter[str] = Counter()
 
     def armed(self, phase: str) -> bool:

@@ -1,5 +1,6 @@
-"""Fault injection for crash tests: `OMNITTT_FAULT_AT=phase` or `phase@step` makes the process die at that point
-as abruptly as a kill (no cleanup, no `finally`), so tests see what a real crash leaves on disk.
+"""Fault injection for crash tests: `OMNITTT_FAULT_AT=phase` or `phase@step` (the syntax of `omnittt.faults`)
+makes the process die at that point as abruptly as a kill (no cleanup, no `finally`), so tests see what a real
+crash leaves on disk.
 
 Phases: `checkpoint:after_temp_write` (the temp folder is complete, not renamed), `checkpoint:after_rename` (the
 folder is in place, `latest` not updated), `checkpoint:after_latest` (committed, not pruned), `step` (after an
@@ -11,16 +12,19 @@ from __future__ import annotations
 import os
 import sys
 
-FAULT_ENV = "OMNITTT_FAULT_AT"
+from omnittt.faults import FAULT_ENV, fault_spec
+
+__all__ = ["FAULT_ENV", "FAULT_EXIT_CODE", "fault_point"]
+
 FAULT_EXIT_CODE = 86
 
 
 def fault_point(phase: str, step: int | None = None) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    faults = fault_spec()
+    if phase not in faults:
         return
-    name, _, at = spec.partition("@")
-    if name != phase or (at and step is not None and int(at) != step):
+    at = faults[phase]
+    if at is not None and step is not None and at != step:
         return
     sys.stdout.flush()
     sys.stderr.flush()

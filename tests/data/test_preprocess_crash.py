@@ -52,8 +52,8 @@ def _options(corpus: Path, out: Path, **kw) -> PreprocessOptions:
     return PreprocessOptions(source="deepdialogue", input_dir=str(corpus), output=str(out), **kw)
 
 
-@pytest.mark.parametrize("faults", ["sample:3", "rename:5", "journal:2", "finalize:1", "finalize:3",
-                                    "sample:1,journal:4"])
+@pytest.mark.parametrize("faults", ["sample@3", "rename@5", "journal@2", "finalize@1", "finalize@3",
+                                    "sample@1,journal@4"])
 def test_rerun_after_injected_fault_equals_uninterrupted(corpus, reference, tmp_path, monkeypatch, faults):
     out = tmp_path / "processed"
     for spec in faults.split(","):  # one fault per run, then a clean rerun
@@ -70,7 +70,7 @@ def test_rerun_after_injected_fault_equals_uninterrupted(corpus, reference, tmp_
 
 def test_torn_journal_line_is_dropped(corpus, reference, tmp_path, monkeypatch):
     out = tmp_path / "processed"
-    monkeypatch.setenv("OMNITTT_FAULT_AT", "journal:3")
+    monkeypatch.setenv("OMNITTT_FAULT_AT", "journal@3")
     with pytest.raises(InjectedFault):
         preprocess(_options(corpus, out))
     journal = (out / ".preprocess" / "journal.jsonl").read_bytes()
@@ -90,7 +90,7 @@ def _run_cli(corpus: Path, out: Path, env: dict, **popen) -> subprocess.Popen:
 def test_sigkill_between_temp_write_and_rename(corpus, reference, tmp_path):
     """A real SIGKILL at the fault point: the temp file of a sample stays behind, the rerun cleans it up."""
     out = tmp_path / "processed"
-    proc = _run_cli(corpus, out, {"OMNITTT_FAULT_AT": "rename:6", "OMNITTT_FAULT_MODE": "kill"})
+    proc = _run_cli(corpus, out, {"OMNITTT_FAULT_AT": "rename@6", "OMNITTT_FAULT_MODE": "kill"})
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, err.decode()
     assert list((out / "samples").glob("*/.*.tmp")), "the kill should leave a temp file"
