@@ -1,4 +1,4 @@
-"""`omnittt train`: train a TTT speech model conversation by conversation (issue #11)."""
+"""`omnittt train`: train a TTT speech model conversation by conversation."""
 
 from __future__ import annotations
 

@@ -82,7 +82,7 @@ class OmniTTTPreTrainedModel(PreTrainedModel):
     config_class = OmniTTTConfig
     base_model_prefix = "omnittt"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False  # our own checkpointing keeps the cache (DESIGN.md train)
+    supports_gradient_checkpointing = False  # our own checkpointing keeps the cache (docs/architecture.md)
     _supports_sdpa = True
     _supports_attention_backend = True
     _no_split_modules = ["LlamaDecoderLayer", "WhisperEncoderLayer"]

@@ -1,6 +1,6 @@
 """Speech arithmetic: how a turn's audio becomes `<speech>` segments and LLM positions.
 
-One definition used by data, model, validate and eval (DESIGN.md "Conversations, exchanges, samples"):
+One definition used by data, model, validate and eval (docs/data_format.md "What an exchange becomes"):
 audio at 16 kHz is split greedily into segments of at most 30 s; each segment is one placeholder and
 occupies ceil(n / 1600) positions in `trim` mode (Whisper: 100 mel frames/s, encoder stride 2,
 projector k=5 -> 10 positions/s) or 300 in `full` mode (what released LLaMA-Omni weights saw).

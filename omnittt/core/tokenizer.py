@@ -183,7 +183,8 @@ def tokenizer_fingerprint(tok: Any) -> str:
 
 
 def tokenizer_settings(tok: Any) -> dict[str, Any]:
-    """The tokenizer facts a dataset, run or model records (DESIGN.md settings)."""
+    """The tokenizer facts a dataset, run or model records (docs/data_format.md: `preprocessing_stats.json`
+    settings)."""
     return {
         "tokenizer_name": tokenizer_name(tok),
         "tokenizer_fingerprint": tokenizer_fingerprint(tok),

@@ -1,7 +1,7 @@
 """The TTT cache: per-row TTT state for TTT layers, KV for attention layers, and the two position counters.
 
 `TTTCache` is a transformers 5.x `Cache`, so `generate()` and beam search drive it like any other cache. What it
-adds (DESIGN.md "core: the TTT op, layer and cache"):
+adds (docs/architecture.md "core: TTT op, layers, cache, models"):
 
 - a `TTTCacheLayer` per TTT layer holding, per batch row, the state at the last completed mini-batch (`state`), the
   accumulated gradient of the unfinished mini-batch (`grads`), the token_eta its commit will use (`pending_eta`) and

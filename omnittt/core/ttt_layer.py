@@ -13,7 +13,7 @@ Read against Sun et al. 2024 (arXiv 2407.04620) and `omnittt/core/ttt_ops.py` (t
    the TTT output is added through a per-channel tanh gate initialised near 0.
 
 Padding rule: a masked token has lr 0 and takes the eta row of the last real token before it in its mini-batch, so
-the state carried out of a padded mini-batch is the state at its last real token (DESIGN.md).
+the state carried out of a padded mini-batch is the state at its last real token.
 The inner state W1 b1 W2 b2 and the TTT norm stay float32 under any cast or autocast (how: `FP32_PARAMS`); outputs
 return in the input dtype.
 """
@@ -390,7 +390,7 @@ class TTTBase(nn.Module):
 
     @torch.no_grad()
     def _statistics(self, x: _Chunk, carry: _Carry, stream_position: torch.Tensor) -> dict:
-        """Detached statistics of the call's last mini-batch (the stats contract in CONTRACTS.md)."""
+        """Detached statistics of the call's last mini-batch (docs/architecture.md "TTT statistics")."""
         start, after, s = carry.last
         if after is None:  # unfinished mini-batch: the state padding would commit now
             after = ttt_commit(carry.state, carry.grads, carry.pending_eta)

@@ -1,7 +1,7 @@
 """TTT Llama: a transformers 5.x Llama whose chosen layers are TTT layers, and the conversion from a Llama.
 
 `TTTLlamaModel` keeps Llama's decoder layers and swaps `self_attn` for a TTT layer where `config.ttt_layers` says.
-What it adds to `LlamaModel.forward` (DESIGN.md "two position counters"):
+What it adds to `LlamaModel.forward` (docs/architecture.md, "Two position counters per batch row"):
 
 - attention `position_ids` count real tokens only (from the cache's per-row counter), so alignment pads fed in
   training and `end_turn()` in chat give the same attention;

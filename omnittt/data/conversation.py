@@ -1,5 +1,5 @@
-"""What corpus sources produce: a conversation as an ordered list of speaker turns (DESIGN.md
-"Conversations, exchanges, samples"). Roles (user speech / assistant text) are assigned later by the
+"""What corpus sources produce: a conversation as an ordered list of speaker turns (docs/data_format.md
+"What an exchange becomes"). Roles (user speech / assistant text) are assigned later by the
 preprocessing task, so one source serves both the dialogue and the ASR task."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The conversation-aware dataset, loader and collator (CONTRACTS.md "Batches").
+"""The conversation-aware dataset, loader and collator (the batch contract: docs/architecture.md "Batches").
 
 - `ConversationDataset`: the whole conversations of a processed dataset, or a curriculum stage's
   conversations and sessions (`omnittt.data.sessions`). Items are `LoaderConversation`s; `exchange(ref)` loads one
@@ -147,7 +147,7 @@ class ConversationDataset:
 
 
 class ExchangeCollator:
-    """One exchange step for B rows (CONTRACTS.md "Batches"). A `None` row is a finished conversation: it
+    """One exchange step for B rows (docs/architecture.md "Batches"). A `None` row is a finished conversation: it
     gets an all-pad exchange. Speech segments go in placeholder order, row-major, as the model splices them."""
 
     def __init__(self, pad_id: int, feature_extractor: Any = None, compute_features: bool = True) -> None:

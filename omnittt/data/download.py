@@ -40,8 +40,8 @@ from typing import Any
 from omnittt.errors import UserError
 
 DEEPDIALOGUE_REPO = "SALT-Research/DeepDialogue-xtts"
-DEEPDIALOGUE_GB = 173  # the card's figure; one user reports 189 GB (research/datasets.md 1.6)
-# research/datasets.md 1.2 (dataset.py's config list + the authors' demo script); --dry-run lists the real ones
+DEEPDIALOGUE_GB = 173  # the dataset card's figure (one user reports 189 GB)
+# the dataset's loading script's config list and the authors' demo script; --dry-run lists the real ones
 DEEPDIALOGUE_FOLDERS = (
     "dialogues_cohere7B", "dialogues_gemma3-4B", "dialogues_gemma3-27B", "dialogues_llama3-8B",
     "dialogues_llama3-70B", "dialogues_phi4-14B", "dialogues_phi4-mini", "dialogues_qwen2.5-32B",

@@ -1,5 +1,5 @@
-"""`omnittt preprocess`: a corpus -> a processed dataset of exchange samples (DESIGN.md "Conversations,
-exchanges, samples" and "data: on disk"; the format is in docs/data_format.md).
+"""`omnittt preprocess`: a corpus -> a processed dataset of exchange samples (docs/data_format.md:
+"What an exchange becomes" and "The processed dataset").
 
 How it stays correct when things go wrong:
 - Bad input never stops the run (unless --strict): every skipped dialogue, turn or file gets a line in

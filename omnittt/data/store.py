@@ -1,6 +1,6 @@
 """The processed dataset on disk: the writer the preprocessor uses and the one reader everything else uses.
 
-Layout (DESIGN.md "data: on disk", docs/data_format.md):
+Layout (docs/data_format.md "The processed dataset"):
 
     index.json                one entry per sample (sample_id, conversation_id, turn_number, num_tokens,
                               original_length, audio_duration_sec, speaker_id, file_path)
@@ -35,7 +35,7 @@ TOKENIZER_DIR = "tokenizer"
 SAMPLES_DIR = "samples"
 ARROW_DIR = "arrow"
 
-# The sample dict (CONTRACTS.md "Processed dataset"): tensor keys and their dtypes, then the scalar keys.
+# The sample dict (docs/data_format.md "The processed dataset"): tensor keys and their dtypes, then the scalar keys.
 TENSOR_KEYS = ("speech", "speech_lengths", "input_ids", "labels", "attention_mask")
 SCALAR_KEYS = ("conversation_id", "turn_number", "speaker_id", "original_length", "prefix_len")
 SAMPLE_KEYS = TENSOR_KEYS + SCALAR_KEYS
@@ -227,7 +227,7 @@ class SampleStore:
                             fix=f"sample ids are 0..{len(self.index) - 1}") from None
 
     def load(self, entry_or_sample_id: dict[str, Any] | int) -> dict[str, Any]:
-        """The sample dict of CONTRACTS.md (tensors as torch tensors, `speech` float32 `[n, 1]`)."""
+        """The sample dict of docs/data_format.md (tensors as torch tensors, `speech` float32 `[n, 1]`)."""
         entry = self.entry(entry_or_sample_id)
         if self.format == "arrow":
             return self._load_arrow(int(entry["sample_id"]))

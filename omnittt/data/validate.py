@@ -7,9 +7,8 @@ the store (`torch.load(weights_only=True)`: a pickle payload is refused, nothing
 `alignment` (positions from the core speech arithmetic, as the model sees them), `labels` (only assistant
 replies trained) and `tokens` (ids inside the vocabulary; length distribution and outliers).
 
-The seed project's validator rejected its own preprocessor's output (it measured alignment on text tokens)
-and ran for 30-45 minutes; here alignment is measured on LLM positions and the per-sample work is a few numpy
-passes over each sample.
+Alignment is measured on LLM positions (speech spliced in), never on text tokens, and the per-sample work is a few
+numpy passes over each sample.
 """
 
 from __future__ import annotations
@@ -62,7 +61,7 @@ TENSOR_DTYPES = {"speech": "float32", "speech_lengths": "int64", "input_ids": "i
 SCALAR_TYPES = {"conversation_id": str, "turn_number": int, "speaker_id": str, "original_length": int,
                 "prefix_len": int}
 REQUIRED_SETTINGS = ("mini_batch_size", "speech_positions", "tokenizer_name", "tokenizer_fingerprint",
-                     "vocab_size", "sample_rate", "task")  # DESIGN.md: what the dataset depends on
+                     "vocab_size", "sample_rate", "task")  # what the dataset depends on (docs/data_format.md)
 SILENCE_PEAK = 1e-4  # about -80 dBFS: digital silence, not quiet speech
 CLIP_LEVEL = 0.999
 CLIP_SHARE_WARN = 0.001

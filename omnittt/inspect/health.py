@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-EXPLODE_THRESHOLD = 1e4  # |x| above this in a TTT state or weight is treated as exploding (the seed's figure)
+EXPLODE_THRESHOLD = 1e4  # |x| above this in a TTT state or weight is treated as exploding
 
 
 def dtype_name(dtype: torch.dtype | str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
-# run directory layout (DESIGN.md "train: the run directory")
+# run directory layout (docs/architecture.md "The run directory")
 CONFIG_FILE = "config.yaml"
 MODEL_SUMMARY_FILE = "model_summary.json"
 METRICS_FILE = "metrics.jsonl"

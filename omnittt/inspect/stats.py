@@ -1,8 +1,8 @@
 """Runtime TTT-state statistics and training metrics, written as versioned JSONL lines into the run directory.
 
-`TTTStateLogger` turns what the TTT layers leave in `cache.layers[i].stats` (with `collect_ttt_stats=True`, the
-stats contract in CONTRACTS.md) into one `ttt_state.jsonl` line per TTT layer. It logs the *runtime* fast weights
-(the seed's monitor logged the learned initial weights, which hardly move, so its charts showed nothing). Norms come
+`TTTStateLogger` turns what the TTT layers leave in `cache.layers[i].stats` (with `collect_ttt_stats=True`,
+docs/architecture.md "TTT statistics") into one `ttt_state.jsonl` line per TTT layer. It logs the *runtime* fast
+weights (not the learned initial weights, which hardly move, so charts of them show nothing). Norms come
 from the layer's statistics while those describe the cache's current state, else from the cache's live state, so
 they are never stale: after a `reset` a layer reports its learned init again.
 The trainer asks `wants(step)` to decide whether to pass `collect_ttt_stats=True` on that step.

@@ -1,6 +1,6 @@
 """The training loop: conversations exchange by exchange, TTT state carried through the cache.
 
-Per batch of B conversations started together (CONTRACTS.md "Batches"):
+Per batch of B conversations started together (docs/architecture.md "Batches"):
 
     cache = None                                  exchange 0 starts from the learned init (a fresh cache)
     for each window of K exchanges:               one truncated-BPTT window

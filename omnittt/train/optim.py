@@ -41,7 +41,7 @@ def build_optimizer(
     eps: float = 1e-8,
 ) -> torch.optim.AdamW:
     """AdamW over `groups` (dicts with `params`, `lr` and a `name`); groups with no trainable parameter are
-    dropped, and having none at all is an error (the seed's "0 layers trained" failure)."""
+    dropped, and having none at all is an error (a run that trains nothing would only look slow)."""
     kept = []
     for group in groups:
         params = [p for p in group["params"] if p.requires_grad]

@@ -37,7 +37,7 @@ def tone(seconds: float, freq: float, chirp: float = 0.0, seed: int = 0) -> np.n
 
 def make_sample(builder: PromptBuilder, turn_audio: np.ndarray | None, reply: str, first: bool,
                 mb: int = MB, mode: str = "trim", text: str = "") -> dict:
-    """One exchange as preprocessing writes it (DESIGN.md): placeholders per 30 s segment, alignment padding
+    """One exchange as preprocessing writes it (docs/data_format.md): placeholders per 30 s segment, alignment padding
     with the tokenizer's pad id (mask 0, labels -100) to a multiple of the mini-batch size."""
     lengths = split_segments(len(turn_audio)) if turn_audio is not None else []
     segments, start = [], 0

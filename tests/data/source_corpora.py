@@ -1,5 +1,5 @@
 """Generated corpora in the real layouts of LibriSpeech, DailyTalk, Common Voice and LibriLight
-(research/datasets.md 2.x), each with defects, for tests/data/test_sources.py and test_shards.py. Audio is
+(docs/data_format.md "Input layouts"), each with defects, for tests/data/test_sources.py and test_shards.py. Audio is
 short numpy tones written with soundfile (FLAC 16 kHz, WAV 44.1 kHz, MP3 48 kHz). Each builder returns what
 a correct preprocessor must make of it."""
 

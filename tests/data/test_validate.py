@@ -228,7 +228,7 @@ def test_cli_exit_codes_and_report(clean_pt, tmp_path):
 
 def test_alignment_uses_the_recorded_speech_positions(h6_base, tmp_path):
     """Positions are those the model sees: a `full` dataset (300 positions per segment) read as `trim` is
-    misaligned, which text-token counting (the seed's validator) could never notice."""
+    misaligned, which text-token counting could never notice."""
     data = copy_dataset(processed(h6_base, "conversations", "pt", "full"), tmp_path / "relabelled")
     stats = json.loads((data / "preprocessing_stats.json").read_text())
     stats["settings"]["speech_positions"] = "trim"

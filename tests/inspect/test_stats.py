@@ -228,7 +228,7 @@ def test_logged_runtime_norms_leave_the_learned_init_after_turn0_and_return_afte
         fresh, turn0, reset = [r for r in records if r["layer"] == layer]
         assert fresh["source"] == reset["source"] == "init"
         assert turn0["source"] == "stats"
-        # the seed's monitor logged `init`: the runtime state has moved away from it
+        # the runtime state, not `init`: it has moved away from it
         for name in ("W1", "W2", "b2"):
             assert abs(turn0["norm"][name] - init[name]) > 1e-4 * max(init[name], 1.0), name
         for name in ("W1", "b1", "W2", "b2"):

@@ -1,4 +1,4 @@
-"""Common Voice (research/datasets.md 2.4): per locale
+"""Common Voice (docs/data_format.md `commonvoice`): per locale
 
     <locale>/clips/*.mp3
     <locale>/{train,dev,test,validated,invalidated,other}.tsv    client_id, path, sentence, up_votes, ...

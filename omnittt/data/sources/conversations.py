@@ -1,5 +1,5 @@
-"""The `conversations` layout (the seed project's format; docs/data_format.md shows how LLaMA-Omni's own
-multi-turn data maps onto it):
+"""The `conversations` layout (one folder per conversation, the format of the earlier project;
+docs/data_format.md shows how LLaMA-Omni's own multi-turn data maps onto it):
 
     ROOT/manifest.jsonl                       optional: {"conversation_id", "path", ...} per conversation
     ROOT/conversations/<conv>/metadata.json   {"conversation_id", "speakers", "domain"?, "turns": [
@@ -54,7 +54,7 @@ def discover(root: Path, options: SourceOptions | None = None) -> list[Conversat
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise UserError(f"{manifest}:{number}: not a manifest line with conversation_id and path",
                                 fix="fix the line or delete manifest.jsonl to scan conversations/") from None
-            # Relative paths resolve against ROOT (the seed wrote `conversations/conv_X`); escapes are caught
+            # Relative paths resolve against ROOT (the earlier project wrote `conversations/conv_X`); escapes are caught
             # in read() so they are reported, not fatal.
             refs.append(ConversationRef(conv_id, str(root / rel)))
     else:

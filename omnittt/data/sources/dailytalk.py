@@ -1,4 +1,4 @@
-"""DailyTalk (github.com/keonlee9420/DailyTalk), the real layout (research/datasets.md 2.3):
+"""DailyTalk (github.com/keonlee9420/DailyTalk), the real layout (docs/data_format.md `dailytalk`):
 
     <root>/data/<d>/<u>_<speaker>_d<d>.wav     utterance u (0-based) of dialogue d by speaker 0 or 1
     <root>/data/<d>/<u>_<speaker>_d<d>.txt     its text (first line)

@@ -1,4 +1,4 @@
-"""DeepDialogue-xtts (`SALT-Research/DeepDialogue-xtts`), the real layout (research/datasets.md):
+"""DeepDialogue-xtts (`SALT-Research/DeepDialogue-xtts`), the real layout (docs/data_format.md `deepdialogue`):
 
     data/dialogues_<model>[_<model2>]/<domain>_<idx>_<nturns>.json
     data/dialogues_<model>[_<model2>]/<domain>_<idx>_<nturns>/segments/001_LLM1_<emotion>.wav, 002_LLM2_...

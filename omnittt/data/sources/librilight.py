@@ -1,4 +1,5 @@
-"""LibriLight (facebookresearch/libri-light), audio-only (research/datasets.md 2.2), in either layout it ships in:
+"""LibriLight (facebookresearch/libri-light), audio-only (docs/data_format.md `librilight`), in either layout it
+ships in:
 
     raw:      <subset>/<speaker>/<book>/<file>.flac + <file>.json         subset: small, medium, large, duplicate
     vad_cut:  <out>/<speaker>/<book_id>/<file>_NNNN.flac (or .wav, .mp3)  written by data_preparation/cut_by_vad.py

@@ -1,4 +1,4 @@
-"""LibriSpeech (openslr.org/12), the real layout (research/datasets.md 2.1):
+"""LibriSpeech (openslr.org/12), the real layout (docs/data_format.md `librispeech`):
 
     LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>-<NNNN>.flac
     LibriSpeech/<subset>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt     `<utt-id> <TRANSCRIPT>` lines
