@@ -40,6 +40,7 @@ from omnittt.config import Settings
 from omnittt.core.constants import ASSISTANT_ROLE, IGNORE_INDEX, USER_ROLE
 from omnittt.core.prompt import Exchange, PromptBuilder, pair_turns
 from omnittt.core.speech import SAMPLE_RATE, SPEECH_POSITION_MODES, padding_for, sample_positions, split_segments
+from omnittt.core.tokenizer import build_default_tokenizer, chat_tokens, load_tokenizer, tokenizer_settings
 from omnittt.data import store
 from omnittt.data.audio import AudioError, audio_info, load_audio
 from omnittt.data.conversation import Conversation
@@ -54,6 +55,7 @@ from omnittt.data.sources import (
     get_source,
     resolve_input,
 )
+from omnittt.data.sources.commonvoice import DEFAULT_SPLIT as COMMONVOICE_SPLIT
 from omnittt.errors import UserError
 from omnittt.faults import fault_spec
 
@@ -176,51 +178,23 @@ def _roles(conv: Conversation, task: str, user_speaker: str | None) -> list[str]
 def convert(conv: Conversation, job: Job) -> DialogueResult:
     """A conversation -> samples (one per exchange), manifest lines and error lines."""
     result = DialogueResult(conv.conversation_id)
-    root = job.root
 
     def error(reason: str, path: Any, detail: str = "", **where: int) -> None:
-        result.errors.append({"path": _rel(root, path), "conversation_id": conv.conversation_id,
+        result.errors.append({"path": _rel(job.root, path), "conversation_id": conv.conversation_id,
                               "reason": reason, **where, **({"detail": detail} if detail else {})})
 
     if conv.problem:
         error(conv.problem, conv.path, conv.problem_detail)
         return result
-    roles = _roles(conv, job.task, job.user_speaker)
-    if job.task == "asr":
-        pairs = [(i, i) for i in range(len(conv.turns))]
-    else:
-        paired = pair_turns(roles)
-        pairs = paired.exchanges
-        for turn_index, reason in paired.dropped:
-            error(reason, conv.turns[turn_index].audio_path or conv.path, turn=turn_index)
-
     part: dict[str, Any] | None = None
     part_number = 0
     hole = False
-    for k, (u, a) in enumerate(pairs):
+    for k, (u, a) in enumerate(_exchange_pairs(conv, job, error)):
         user, reply_turn = conv.turns[u], conv.turns[a]
         if hole and not job.split_at_holes:
             error("after_hole", user.audio_path or conv.path, exchange=k, turn=u)
             continue
-        # The reply first: it is cheap to check and a missing reply saves decoding the audio.
-        reply = reply_turn.text
-        problem: tuple[str, Any, str] | None = None
-        if reply_turn is not user and reply_turn.problem in _TEXT_PROBLEMS:
-            problem = (reply_turn.problem, reply_turn.problem_path or conv.path, "")
-        elif reply is None or not reply.strip():
-            named = reply_turn.problem_path if reply_turn.problem == "missing_text" else None
-            problem = ("missing_text", named or conv.path, f"turn {a} has no text")
-        elif user.problem:
-            problem = (user.problem, user.problem_path or user.audio_path or conv.path, "")
-        audio = None
-        if problem is None and user.audio_path is not None:
-            try:
-                audio = load_audio(user.audio_path)
-            except AudioError as exc:
-                problem = (exc.reason, exc.path, exc.detail)
-        elif problem is None and (job.task == "asr" or not (user.text or "").strip()):
-            # a text-only user turn is fine in a dialogue, but ASR needs the speech
-            problem = ("missing_audio", conv.path, f"turn {u} has no audio")
+        problem, audio = _load_exchange(conv, job, u, a)
         if problem is not None:
             error(problem[0], problem[1], problem[2], exchange=k, turn=u)
             if not conv.independent_turns:  # a pseudo-conversation just goes on without that utterance
@@ -229,21 +203,58 @@ def convert(conv: Conversation, job: Job) -> DialogueResult:
             continue
         if part is None:
             part_number += 1
-            part_id = conv.conversation_id if part_number == 1 else f"{conv.conversation_id}#{part_number}"
-            # source metadata first, so a corpus key never overrides the fields the loader relies on
-            part = {**conv.metadata, "conversation_id": part_id, "num_turns": 0, "total_tokens": 0,
-                    "duration_sec": 0.0, "source": conv.source, "group": conv.group,
-                    "source_path": _rel(root, conv.path), "num_samples": 0,
-                    **({"split_from": conv.conversation_id} if part_number > 1 else {})}
+            part = _new_part(conv, job.root, part_number)
             result.conversations.append(part)
         speech_text = "" if audio is not None else (user.text or "")
-        sample = _sample(job, part, audio, speech_text, reply or "", user.speaker)
-        result.samples.append(sample)
+        result.samples.append(_sample(job, part, audio, speech_text, reply_turn.text or "", user.speaker))
         if audio is not None:
             result.speech_sec += audio.duration
             result.clipped += audio.clipped
             result.converted += int(audio.converted)
     return result
+
+
+def _exchange_pairs(conv: Conversation, job: Job, error: Any) -> list[tuple[int, int]]:
+    """(user turn, reply turn) per exchange; turns that cannot be paired are reported through `error`."""
+    if job.task == "asr":
+        return [(i, i) for i in range(len(conv.turns))]
+    paired = pair_turns(_roles(conv, job.task, job.user_speaker))
+    for turn_index, reason in paired.dropped:
+        error(reason, conv.turns[turn_index].audio_path or conv.path, turn=turn_index)
+    return paired.exchanges
+
+
+def _load_exchange(conv: Conversation, job: Job, u: int, a: int) -> tuple[tuple[str, Any, str] | None, Any]:
+    """(problem as (reason, path, detail) or None, the user turn's audio or None) of the exchange of turns u, a."""
+    user, reply_turn = conv.turns[u], conv.turns[a]
+    # The reply first: it is cheap to check and a missing reply saves decoding the audio.
+    reply = reply_turn.text
+    if reply_turn is not user and reply_turn.problem in _TEXT_PROBLEMS:
+        return (reply_turn.problem, reply_turn.problem_path or conv.path, ""), None
+    if reply is None or not reply.strip():
+        named = reply_turn.problem_path if reply_turn.problem == "missing_text" else None
+        return ("missing_text", named or conv.path, f"turn {a} has no text"), None
+    if user.problem:
+        return (user.problem, user.problem_path or user.audio_path or conv.path, ""), None
+    if user.audio_path is not None:
+        try:
+            return None, load_audio(user.audio_path)
+        except AudioError as exc:
+            return (exc.reason, exc.path, exc.detail), None
+    if job.task == "asr" or not (user.text or "").strip():
+        # a text-only user turn is fine in a dialogue, but ASR needs the speech
+        return ("missing_audio", conv.path, f"turn {u} has no audio"), None
+    return None, None
+
+
+def _new_part(conv: Conversation, root: Path, part_number: int) -> dict[str, Any]:
+    """The manifest line of the conversation's `part_number`-th part (`<id>#n` after a hole with --split-at-holes)."""
+    part_id = conv.conversation_id if part_number == 1 else f"{conv.conversation_id}#{part_number}"
+    # source metadata first, so a corpus key never overrides the fields the loader relies on
+    return {**conv.metadata, "conversation_id": part_id, "num_turns": 0, "total_tokens": 0,
+            "duration_sec": 0.0, "source": conv.source, "group": conv.group,
+            "source_path": _rel(root, conv.path), "num_samples": 0,
+            **({"split_from": conv.conversation_id} if part_number > 1 else {})}
 
 
 def _sample(job: Job, part: dict[str, Any], audio: Any, text: str, reply: str, speaker: str) -> dict[str, Any]:
@@ -362,8 +373,6 @@ class Plan:
 
 
 def _settings(options: PreprocessOptions, tok: Any, user_speaker: str | None) -> dict[str, Any]:
-    from omnittt.core.tokenizer import chat_tokens, tokenizer_settings
-
     return {
         "mini_batch_size": options.mini_batch_size,
         "speech_positions": options.speech_positions,
@@ -395,9 +404,7 @@ def resolve_source(options: PreprocessOptions) -> tuple[PreprocessOptions, str |
     if options.task is None:
         options = dataclasses.replace(options, task=DEFAULT_TASK.get(options.source, "dialogue"))
     if options.source == "commonvoice" and not options.split:  # recorded in the settings as what it is
-        from omnittt.data.sources.commonvoice import DEFAULT_SPLIT
-
-        options = dataclasses.replace(options, split=DEFAULT_SPLIT)
+        options = dataclasses.replace(options, split=COMMONVOICE_SPLIT)
     return options, detected
 
 
@@ -463,8 +470,6 @@ def _estimate(root: Path, source: str, refs: list[ConversationRef], task: str,
 
 def plan(options: PreprocessOptions) -> Plan:
     """Validate the options, find the input, load the tokenizer, estimate: no writes."""
-    from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
-
     options, detected = resolve_source(options)
     _check_options(options)
     reader = get_source(options.source)
@@ -571,28 +576,14 @@ def _results(plan: Plan, job: Job, todo: list[ConversationRef]) -> Iterator[Dial
 def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], None] | None = None) -> Summary:
     """Process the planned dialogues (resuming a killed run) and write the dataset. `progress` is a rich
     Progress (optional); `on_error` sees each errors.jsonl line as it happens."""
-    from omnittt.core.tokenizer import chat_tokens
-
     options, out = plan.options, plan.output
     faults = Faults()
     _prepare_output(plan)
-    journal = Journal(out / STATE_DIR / JOURNAL, faults)
-    header = _header(options, plan.root, plan.settings, len(plan.refs))
-    old_header, records = journal.read()
-    if old_header is None:
-        journal.path.unlink(missing_ok=True)
-        journal.append({"header": header})
-    else:
-        _check_resume(out, old_header, header)
-    _save_tokenizer(plan, fresh=old_header is None)
+    journal, records = _open_journal(plan, faults)
     if (out / store.INDEX_FILE).exists() and len(records) == len(plan.refs):
         stats = json.loads((out / store.STATS_FILE).read_text())
         return Summary(stats, out, len(records), already_complete=True)
 
-    job = Job(root=plan.root, source=options.source, builder=PromptBuilder(plan.tokenizer),
-              pad_id=chat_tokens(plan.tokenizer).pad, mini_batch_size=options.mini_batch_size,
-              speech_positions=options.speech_positions, task=options.task,
-              user_speaker=plan.settings["user_speaker"], split_at_holes=options.split_at_holes)
     next_id = sum(len(r["index"]) for r in records)
     todo = plan.refs[len(records):]
     import torch  # noqa: F401  (the writer needs it; imported before the clock starts: a one-off 2-4 s)
@@ -603,26 +594,13 @@ def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], N
     task = None
     if progress is not None:
         task = progress.add_task("dialogues", total=len(plan.refs), completed=len(records), hours=hours, xrt=0.0)
-    for n, result in enumerate(_results(plan, job, todo), start=len(records)):
+    for n, result in enumerate(_results(plan, _job(plan), todo), start=len(records)):
         if options.strict and result.errors:
             bad = result.errors[0]
             raise UserError(f"{bad['path']}: {bad['reason']} ({bad['conversation_id']}) and --strict is on",
                             fix="fix or remove the file, or run without --strict to skip and report it")
-        index = []
-        for payload in result.samples:
-            sample = store.to_sample(**{k: payload[k] for k in store.SAMPLE_KEYS})
-            rel = store.save_sample(out, next_id, sample, before_rename=lambda: faults.hit("rename"))
-            index.append({"sample_id": next_id, "conversation_id": payload["conversation_id"],
-                          "turn_number": payload["turn_number"], "num_tokens": payload["num_tokens"],
-                          "original_length": payload["original_length"],
-                          "audio_duration_sec": round(len(payload["speech"]) / SAMPLE_RATE, 4),
-                          "speaker_id": payload["speaker_id"], "file_path": rel})
-            next_id += 1
-            faults.hit("sample")
-        first = index[0]["sample_id"] if index else next_id
-        for conv in result.conversations:
-            conv["first_sample_id"] = first
-            first += conv["num_samples"]
+        index = _write_samples(out, result, next_id, faults)
+        next_id += len(index)
         for err in result.errors:
             if on_error is not None:
                 on_error(err)
@@ -639,6 +617,49 @@ def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], N
     _, records = journal.read()
     stats = _finalize(plan, records, elapsed, speech_done, faults)
     return Summary(stats, out, plan.done)
+
+
+def _open_journal(plan: Plan, faults: Faults) -> tuple[Journal, list[dict[str, Any]]]:
+    """The output's journal and the dialogues it already holds: a new journal starts with the run's header, an
+    existing one must have been written with the same settings. Saves the tokenizer beside it."""
+    journal = Journal(plan.output / STATE_DIR / JOURNAL, faults)
+    header = _header(plan.options, plan.root, plan.settings, len(plan.refs))
+    old_header, records = journal.read()
+    if old_header is None:
+        journal.path.unlink(missing_ok=True)
+        journal.append({"header": header})
+    else:
+        _check_resume(plan.output, old_header, header)
+    _save_tokenizer(plan, fresh=old_header is None)
+    return journal, records
+
+
+def _job(plan: Plan) -> Job:
+    options = plan.options
+    return Job(root=plan.root, source=options.source, builder=PromptBuilder(plan.tokenizer),
+               pad_id=chat_tokens(plan.tokenizer).pad, mini_batch_size=options.mini_batch_size,
+               speech_positions=options.speech_positions, task=options.task,
+               user_speaker=plan.settings["user_speaker"], split_at_holes=options.split_at_holes)
+
+
+def _write_samples(out: Path, result: DialogueResult, first_id: int, faults: Faults) -> list[dict[str, Any]]:
+    """Write a dialogue's samples as ids `first_id`, ... and return their index entries; sets each manifest
+    line's `first_sample_id`."""
+    index = []
+    for sample_id, payload in enumerate(result.samples, start=first_id):
+        sample = store.to_sample(**{k: payload[k] for k in store.SAMPLE_KEYS})
+        rel = store.save_sample(out, sample_id, sample, before_rename=lambda: faults.hit("rename"))
+        index.append({"sample_id": sample_id, "conversation_id": payload["conversation_id"],
+                      "turn_number": payload["turn_number"], "num_tokens": payload["num_tokens"],
+                      "original_length": payload["original_length"],
+                      "audio_duration_sec": round(len(payload["speech"]) / SAMPLE_RATE, 4),
+                      "speaker_id": payload["speaker_id"], "file_path": rel})
+        faults.hit("sample")
+    first = first_id
+    for conv in result.conversations:
+        conv["first_sample_id"] = first
+        first += conv["num_samples"]
+    return index
 
 
 def _finalize(plan: Plan, records: list[dict[str, Any]], elapsed: float, speech_this_run: float,
