@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from datasets import concatenate_datasets, load_from_disk
+from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+
 from omnittt.atomic import atomic_directory
 from omnittt.data import store
 from omnittt.data.preprocess import JOURNAL, STATE_DIR, Faults, Journal, dataset_stats, write_dataset_files
@@ -142,6 +145,25 @@ def merge_datasets(inputs: list[str | os.PathLike], output: str | os.PathLike, o
     parts, shards = _order([_open(Path(p)) for p in inputs])
     _check(parts)
     out = Path(output).resolve()
+    _clear_output(out, parts, overwrite)
+    fmt = parts[0].settings.get("format", "pt")
+    with atomic_directory(out) as tmp:
+        shutil.copytree(parts[0].path / store.TOKENIZER_DIR, tmp / store.TOKENIZER_DIR)
+        records = _renumber(parts, tmp, fmt, progress)
+        if fmt == "arrow":
+            _merge_arrow(parts, tmp)
+        stats = _merged_stats(parts, records, shards)
+        header = {**{k: v for k, v in parts[0].header.items() if k not in SHARD_KEYS},
+                  "dialogues": len(records), "merged_from": stats["merged_from"]}
+        (tmp / STATE_DIR).mkdir()
+        store.write_jsonl(tmp / STATE_DIR / JOURNAL, [{"header": header}, *records])
+        write_dataset_files(tmp, records, stats, fmt)
+    stats["elapsed_sec_merge"] = round(time.perf_counter() - started, 3)
+    return MergeSummary(out, stats, [p.path for p in parts], shards)
+
+
+def _clear_output(out: Path, parts: list[Part], overwrite: bool) -> None:
+    """Refuse an output that is an input, or that exists (unless --overwrite and it is a dataset or empty)."""
     if out in {p.path for p in parts}:
         raise UserError(f"{out}: the output is one of the inputs", fix="choose another --output")
     if out.exists():
@@ -150,55 +172,53 @@ def merge_datasets(inputs: list[str | os.PathLike], output: str | os.PathLike, o
             raise UserError(f"{out}: already exists", fix="add --overwrite, or pick another --output"
                             if ours else "pick another --output (it is not a dataset, so it is never replaced)")
         shutil.rmtree(out)
-    fmt = parts[0].settings.get("format", "pt")
+
+
+def _renumber(parts: list[Part], tmp: Path, fmt: str, progress: Any) -> list[dict[str, Any]]:
+    """The parts' journal records with sample ids 0..N-1 in input order (pt samples linked or copied into `tmp`)."""
     total = sum(len(r["index"]) for p in parts for r in p.records)
     task = progress.add_task("merge", total=total) if progress is not None else None
     records: list[dict[str, Any]] = []
     next_id = 0
-    with atomic_directory(out) as tmp:
-        shutil.copytree(parts[0].path / store.TOKENIZER_DIR, tmp / store.TOKENIZER_DIR)
-        for part in parts:
-            for record in part.records:
-                index = []
-                for entry in record["index"]:
-                    rel = store.sample_relpath(next_id)
-                    if fmt == "pt":
-                        _link_or_copy(part.path / entry["file_path"], tmp / rel)
-                    index.append({**entry, "sample_id": next_id, "file_path": rel})
-                    next_id += 1
-                    if task is not None:
-                        progress.update(task, advance=1)
-                first = index[0]["sample_id"] if index else next_id
-                manifest = []
-                for conv in record["manifest"]:
-                    manifest.append({**conv, "first_sample_id": first})
-                    first += conv["num_samples"]
-                records.append({**record, "n": len(records), "index": index, "manifest": manifest})
-        if fmt == "arrow":
-            from datasets import concatenate_datasets, load_from_disk
-            from datasets.utils.logging import disable_progress_bar, enable_progress_bar
+    for part in parts:
+        for record in part.records:
+            index = []
+            for entry in record["index"]:
+                rel = store.sample_relpath(next_id)
+                if fmt == "pt":
+                    _link_or_copy(part.path / entry["file_path"], tmp / rel)
+                index.append({**entry, "sample_id": next_id, "file_path": rel})
+                next_id += 1
+                if task is not None:
+                    progress.update(task, advance=1)
+            first = index[0]["sample_id"] if index else next_id
+            manifest = []
+            for conv in record["manifest"]:
+                manifest.append({**conv, "first_sample_id": first})
+                first += conv["num_samples"]
+            records.append({**record, "n": len(records), "index": index, "manifest": manifest})
+    return records
 
-            disable_progress_bar()
-            try:
-                merged = concatenate_datasets([load_from_disk(str(p.path / store.ARROW_DIR)) for p in parts])
-                merged.save_to_disk(str(tmp / store.ARROW_DIR))
-                del merged
-            finally:
-                enable_progress_bar()
-        settings = _merged_settings(parts)
-        elapsed = sum(float(p.stats.get("elapsed_sec") or 0.0) for p in parts)
-        speech = sum(r["speech_sec"] for r in records)
-        sources = settings["source"] if isinstance(settings.get("source"), list) else None
-        stats = dataset_stats(records, source="+".join(sources) if sources else parts[0].stats.get("source", ""),
-                              input_dir=parts[0].stats.get("input", "") if shards else "",
-                              found=parts[0].stats.get("dialogues_found", 0) if shards
-                              else sum(p.stats.get("dialogues_found", 0) for p in parts),
-                              resumed_from=0, elapsed=elapsed, speech_this_run=speech, settings=settings)
-        stats["merged_from"] = [str(p.path) for p in parts]
-        header = {**{k: v for k, v in parts[0].header.items() if k not in SHARD_KEYS},
-                  "dialogues": len(records), "merged_from": stats["merged_from"]}
-        (tmp / STATE_DIR).mkdir()
-        store.write_jsonl(tmp / STATE_DIR / JOURNAL, [{"header": header}, *records])
-        write_dataset_files(tmp, records, stats, fmt)
-    stats["elapsed_sec_merge"] = round(time.perf_counter() - started, 3)
-    return MergeSummary(out, stats, [p.path for p in parts], shards)
+
+def _merge_arrow(parts: list[Part], tmp: Path) -> None:
+    disable_progress_bar()
+    try:
+        merged = concatenate_datasets([load_from_disk(str(p.path / store.ARROW_DIR)) for p in parts])
+        merged.save_to_disk(str(tmp / store.ARROW_DIR))
+        del merged
+    finally:
+        enable_progress_bar()
+
+
+def _merged_stats(parts: list[Part], records: list[dict[str, Any]], shards: bool) -> dict[str, Any]:
+    settings = _merged_settings(parts)
+    elapsed = sum(float(p.stats.get("elapsed_sec") or 0.0) for p in parts)
+    speech = sum(r["speech_sec"] for r in records)
+    sources = settings["source"] if isinstance(settings.get("source"), list) else None
+    stats = dataset_stats(records, source="+".join(sources) if sources else parts[0].stats.get("source", ""),
+                          input_dir=parts[0].stats.get("input", "") if shards else "",
+                          found=parts[0].stats.get("dialogues_found", 0) if shards
+                          else sum(p.stats.get("dialogues_found", 0) for p in parts),
+                          resumed_from=0, elapsed=elapsed, speech_this_run=speech, settings=settings)
+    stats["merged_from"] = [str(p.path) for p in parts]
+    return stats
