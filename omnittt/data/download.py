@@ -24,18 +24,33 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import importlib
 import os
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile, RepoFolder
+from huggingface_hub.utils import disable_progress_bars, enable_progress_bars, filter_repo_objects
 
 from omnittt.errors import UserError
 
@@ -170,6 +185,25 @@ def http_download(url: str, target: Path, md5: str | None, progress: Any = None,
     if target.exists():
         return target
     part = part_path(target, size)
+    start = _resume_point(target, part, size, name)
+    if size is None or start < size:
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+        response = None
+        try:
+            response = _open(request, url, name, timeout)
+        except urllib.error.HTTPError as exc:  # 416: nothing after `start`, the part is complete
+            if not start:
+                raise UserError(f"{url}: HTTP {exc.code} {exc.reason}", fix="try again later") from None
+        if response is not None:
+            with response:
+                _receive(response, part, start, size, name, progress)
+    _check_part(part, size, md5, name)
+    os.replace(part, target)
+    return target
+
+
+def _resume_point(target: Path, part: Path, size: int | None, name: str) -> int:
+    """Bytes already in `part` (0 for a new download); parts of the file at another size are deleted."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if size is not None:  # parts of the file at another size (it changed on the server) are of no use
         for stale in target.parent.glob(f"{glob_escape(target.name)}.*.part"):
@@ -180,38 +214,35 @@ def http_download(url: str, target: Path, md5: str | None, progress: Any = None,
         part.unlink()
         raise UserError(f"{name}: the partial download holds {start} bytes, more than the server's {size}; "
                         "it was deleted", fix="rerun to fetch it again")
-    response = None
-    if size is None or start < size:
-        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
-        try:
-            response = _open(request, url, name, timeout)
-        except urllib.error.HTTPError as exc:  # 416: nothing after `start`, the part is complete
-            if not start:
-                raise UserError(f"{url}: HTTP {exc.code} {exc.reason}", fix="try again later") from None
-    task = None
-    if response is not None:
-        with response:
-            if start and response.status != 206:  # the server ignored the Range: start over
-                start = 0
-            length = response.headers.get("Content-Length")
-            total = start + int(length) if length is not None else None
-            if size is not None and total is not None and total != size:  # nothing of it is written
-                raise UserError(f"{name}: the server now sends {total} bytes, but its Content-Length was {size}",
-                                fix="rerun (if it fails again, try another --mirror)")
-            if progress is not None:
-                task = progress.add_task(name, total=total, completed=start)
-            try:
-                with open(part, "ab" if start else "wb") as handle:
-                    while block := response.read(CHUNK):
-                        handle.write(block)
-                        if task is not None:
-                            progress.update(task, advance=len(block))
-            except (OSError, ValueError) as exc:  # connection reset, timeout, IncompleteRead
-                raise UserError(f"download of {name} interrupted after {human(part.stat().st_size)} "
-                                f"({exc.__class__.__name__})", fix="rerun the same command: it resumes") from None
-            if total is not None and part.stat().st_size != total:
-                raise UserError(f"download of {name} interrupted after {human(part.stat().st_size)} of "
-                                f"{human(total)}", fix="rerun the same command: it resumes")
+    return start
+
+
+def _receive(response: Any, part: Path, start: int, size: int | None, name: str, progress: Any) -> None:
+    """Append the response's body to `part` (from scratch if the server ignored the Range)."""
+    if start and response.status != 206:  # the server ignored the Range: start over
+        start = 0
+    length = response.headers.get("Content-Length")
+    total = start + int(length) if length is not None else None
+    if size is not None and total is not None and total != size:  # nothing of it is written
+        raise UserError(f"{name}: the server now sends {total} bytes, but its Content-Length was {size}",
+                        fix="rerun (if it fails again, try another --mirror)")
+    task = progress.add_task(name, total=total, completed=start) if progress is not None else None
+    try:
+        with open(part, "ab" if start else "wb") as handle:
+            while block := response.read(CHUNK):
+                handle.write(block)
+                if task is not None:
+                    progress.update(task, advance=len(block))
+    except (OSError, ValueError) as exc:  # connection reset, timeout, IncompleteRead
+        raise UserError(f"download of {name} interrupted after {human(part.stat().st_size)} "
+                        f"({exc.__class__.__name__})", fix="rerun the same command: it resumes") from None
+    if total is not None and part.stat().st_size != total:
+        raise UserError(f"download of {name} interrupted after {human(part.stat().st_size)} of "
+                        f"{human(total)}", fix="rerun the same command: it resumes")
+
+
+def _check_part(part: Path, size: int | None, md5: str | None, name: str) -> None:
+    """A finished part must have the server's size and the published md5; otherwise it is deleted."""
     if size is not None and part.stat().st_size != size:
         got = part.stat().st_size
         part.unlink()
@@ -223,8 +254,6 @@ def http_download(url: str, target: Path, md5: str | None, progress: Any = None,
             part.unlink()
             raise UserError(f"{name}: md5 {got} differs from the published {md5}; the damaged download was deleted",
                             fix="rerun to fetch it again (if it fails again, try another --mirror)")
-    os.replace(part, target)
-    return target
 
 
 # ------------------------------------------------------------------------------------------ LibriSpeech
@@ -393,16 +422,6 @@ def subset_patterns(subset: str | None) -> str:
 def _hub_error(exc: BaseException, endpoint: str, what: str = "") -> UserError | None:
     """The one-line error for an unreachable / refusing Hub (`what`: the file concerned), or None for anything
     else. huggingface_hub wraps a failed file lookup in LocalEntryNotFoundError; its cause says why."""
-    import importlib
-
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
     if isinstance(exc, LocalEntryNotFoundError) and exc.__cause__ is not None:
         exc = exc.__cause__
     where = f" ({what})" if what else ""
@@ -432,10 +451,6 @@ def _hub_error(exc: BaseException, endpoint: str, what: str = "") -> UserError |
 def _check_reachable(endpoint: str, offline: bool) -> None:
     """Fail at once, in one line, when the Hub cannot be reached (huggingface_hub itself retries with
     backoff for half a minute first). Skipped behind a proxy, where a direct connection says nothing."""
-    import socket
-
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     if offline:
         raise _hub_error(OfflineModeIsEnabled("HF_HUB_OFFLINE is set"), endpoint) or AssertionError
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
@@ -472,41 +487,11 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
                           workers: int = 8, dry_run: bool = False, progress: Any = None,
                           repo_id: str = DEEPDIALOGUE_REPO, revision: str | None = None) -> HubSummary:
     """Fetch the `data/<folder>/` trees matching `subset` (all by default) and README.md into `to`."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub import constants as hf_constants
-    from huggingface_hub.hf_api import RepoFile, RepoFolder
-    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars, filter_repo_objects
-
     # HF_ENDPOINT read now, not at import (a mirror set after start-up still counts)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT).rstrip("/")
     _check_reachable(endpoint, hf_constants.HF_HUB_OFFLINE)
-    api = HfApi(endpoint=endpoint)
     to = Path(to).resolve()
-    glob = subset_patterns(subset)
-    def tree(path: str | None, recursive: bool = False) -> list[Any]:
-        return _hub_call(endpoint, lambda: list(api.list_repo_tree(
-            repo_id, path_in_repo=path, recursive=recursive, repo_type="dataset", revision=revision)))
-
-    top = tree("data")
-    folders = sorted(item.path.split("/", 1)[1] for item in top if isinstance(item, RepoFolder))
-    folder_glob, _, inside = glob.partition("/")
-    chosen = [name for name in folders if fnmatch.fnmatchcase(name, folder_glob)]
-    if not chosen:
-        raise UserError(f"--subset {subset!r} matches no folder of {repo_id} (folders: {', '.join(folders)})",
-                        fix="use a folder name or a glob, e.g. --subset dialogues_phi4-mini or 'dialogues_llama3-*'")
-    # the card (licence, citation) comes along
-    files = [(item.path, item.size) for item in tree(None) if isinstance(item, RepoFile) and item.path == "README.md"]
-    per_folder = {}
-    for name in chosen:
-        folder_files = [(item.path, item.size) for item in tree(f"data/{name}", recursive=True)
-                        if isinstance(item, RepoFile)]
-        if inside:
-            folder_files = list(filter_repo_objects(folder_files, allow_patterns=f"data/{glob}", key=lambda f: f[0]))
-        per_folder[name] = (len(folder_files), sum(size for _, size in folder_files))
-        files.extend(folder_files)
-    files = [f for f in files if "/" not in f[0]] + sorted(f for f in files if "/" in f[0])
+    chosen, files, per_folder = _hub_files(HfApi(endpoint=endpoint), endpoint, repo_id, revision, subset)
     todo = [(p, s) for p, s in files if not _complete(to, p, s)]
     total, needed = sum(s for _, s in files), sum(s for _, s in todo)
     summary = HubSummary(to, chosen, len(files), total, len(files) - len(todo), needed, dry_run, per_folder)
@@ -539,11 +524,40 @@ def download_deepdialogue(to: str | os.PathLike, subset: str | None = None, endp
     return summary
 
 
+def _hub_files(api: Any, endpoint: str, repo_id: str, revision: str | None, subset: str | None,
+               ) -> tuple[list[str], list[tuple[str, int]], dict[str, tuple[int, int]]]:
+    """(the folders `subset` chooses, (path, size) of every file to have with README.md first, per folder
+    (files, bytes))."""
+    glob = subset_patterns(subset)
+
+    def tree(path: str | None, recursive: bool = False) -> list[Any]:
+        return _hub_call(endpoint, lambda: list(api.list_repo_tree(
+            repo_id, path_in_repo=path, recursive=recursive, repo_type="dataset", revision=revision)))
+
+    top = tree("data")
+    folders = sorted(item.path.split("/", 1)[1] for item in top if isinstance(item, RepoFolder))
+    folder_glob, _, inside = glob.partition("/")
+    chosen = [name for name in folders if fnmatch.fnmatchcase(name, folder_glob)]
+    if not chosen:
+        raise UserError(f"--subset {subset!r} matches no folder of {repo_id} (folders: {', '.join(folders)})",
+                        fix="use a folder name or a glob, e.g. --subset dialogues_phi4-mini or 'dialogues_llama3-*'")
+    # the card (licence, citation) comes along
+    files = [(item.path, item.size) for item in tree(None) if isinstance(item, RepoFile) and item.path == "README.md"]
+    per_folder = {}
+    for name in chosen:
+        folder_files = [(item.path, item.size) for item in tree(f"data/{name}", recursive=True)
+                        if isinstance(item, RepoFile)]
+        if inside:
+            folder_files = list(filter_repo_objects(folder_files, allow_patterns=f"data/{glob}", key=lambda f: f[0]))
+        per_folder[name] = (len(folder_files), sum(size for _, size in folder_files))
+        files.extend(folder_files)
+    files = [f for f in files if "/" not in f[0]] + sorted(f for f in files if "/" in f[0])
+    return chosen, files, per_folder
+
+
 def _fetch_all(pool: Any, fetch: Callable[[tuple[str, int]], int], todo: list[tuple[str, int]], progress: Any,
                task: Any) -> None:
     """Run `fetch` over `todo` in the pool; the first failure cancels what has not started and is raised."""
-    from concurrent.futures import as_completed
-
     futures = [pool.submit(fetch, item) for item in todo]
     try:
         for future in as_completed(futures):
