@@ -14,6 +14,7 @@ numpy passes over each sample.
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import posixpath
 import random
@@ -23,6 +24,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from omnittt.core.constants import (
     ASSISTANT_ROLE,
@@ -37,6 +41,8 @@ from omnittt.core.speech import (
     padding_for,
     sample_positions,
 )
+from omnittt.core.tokenizer import chat_tokens, load_tokenizer, tokenizer_fingerprint
+from omnittt.data.store import open_dataset
 from omnittt.errors import UserError
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
@@ -226,8 +232,6 @@ class SampleFiles:
 
 def check_settings(store: Any, result: CheckResult) -> tuple[dict[str, Any], Any]:
     """Settings the other checks depend on; returns (settings, tokenizer or None)."""
-    from omnittt.core.tokenizer import load_tokenizer, tokenizer_fingerprint
-
     settings = store.settings or {}
     where = "preprocessing_stats.json"
     missing = [key for key in REQUIRED_SETTINGS if settings.get(key) in (None, "")]
@@ -369,8 +373,6 @@ def check_sample(sample: Any, entry: dict[str, Any], rules: SampleRules) -> tupl
 
 
 def _format_problems(sample: Any, entry: dict[str, Any]) -> list[str]:
-    import torch
-
     if not isinstance(sample, dict):
         return [f"not a sample dict ({type(sample).__name__})"]
     problems = [f"missing key {key}" for key in (*TENSOR_DTYPES, *SCALAR_TYPES) if key not in sample]
@@ -404,8 +406,6 @@ def _format_problems(sample: Any, entry: dict[str, Any]) -> list[str]:
 
 
 def _audio(speech: Any, lengths: Any, ids: Any, entry: dict[str, Any]) -> tuple[str, str]:
-    import numpy as np
-
     n = len(speech)
     placeholders = int((ids == SPEECH_TOKEN_INDEX).sum())
     if int(lengths.sum()) != n:
@@ -461,8 +461,6 @@ def _alignment(positions: int, ids: Any, mask: Any, sample: dict[str, Any], entr
 
 def assistant_spans(ids: Any, rules: SampleRules) -> list[tuple[int, int]]:
     """[start, end) of every assistant reply body (its `<eot>` included), found from the header tokens."""
-    import numpy as np
-
     spans = []
     starts = np.flatnonzero(ids == rules.start_header).tolist()
     ends = np.flatnonzero(ids == rules.end_header).tolist()
@@ -479,8 +477,6 @@ def assistant_spans(ids: Any, rules: SampleRules) -> list[tuple[int, int]]:
 
 
 def _labels(ids: Any, labels: Any, mask: Any, rules: SampleRules) -> tuple[str, str]:
-    import numpy as np
-
     trained = labels != IGNORE_INDEX
     if not trained.any():
         return FAIL, "no label is trained (all are -100)"
@@ -523,10 +519,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(rules: SampleRules, pooled: bool = True) -> None:
-    from omnittt.data.store import open_dataset
-
     if pooled:  # one thread per worker process; never change the caller's own torch settings
-        import torch
 
         torch.set_num_threads(1)
     _WORKER["rules"] = rules
@@ -534,8 +527,6 @@ def _init_worker(rules: SampleRules, pooled: bool = True) -> None:
 
 
 def _check_chunk(entries: list[dict[str, Any]]) -> tuple[list[tuple], Any]:
-    import numpy as np
-
     rules: SampleRules = _WORKER["rules"]
     store = _WORKER["store"]
     results = []
@@ -569,8 +560,6 @@ def sample_rules(store: Any, settings: dict[str, Any], tokenizer: Any) -> Sample
         "pad_id": None,
     }
     if tokenizer is not None:
-        from omnittt.core.tokenizer import chat_tokens
-
         tokens = chat_tokens(tokenizer)
         vocab = tokenizer.get_vocab()
         rules.update(
@@ -605,10 +594,6 @@ def validate_dataset(
 ) -> ValidationReport:
     """Run every check; `on_progress(done, total)` is called as per-sample chunks finish. Raises `UserError`
     only when the dataset cannot be read at all (exit 2); problems in it go into the report."""
-    import numpy as np
-
-    from omnittt.data.store import open_dataset
-
     started = time.perf_counter()
     store = open_dataset(data_dir)
     checks = {name: CheckResult(name, description) for name, description in CHECKS.items()}
@@ -628,6 +613,24 @@ def validate_dataset(
             for name in PER_SAMPLE:
                 checks[name].add(SKIP)
     workers = max(1, workers or default_workers())
+    results, counts, workers = _check_samples(safe, rules, workers, on_progress)
+
+    token_stats = _token_stats(results, counts, tokenizer)
+    for _sid, name, sample_checks, _stats in results:
+        for check, (level, message) in sample_checks.items():
+            checks[check].add(level, name, message)
+    return ValidationReport(
+        data_dir=str(store.data_dir), format=store.format, total_samples=len(store.index),
+        checked_samples=len(chosen), sample_size=sample_size, seed=seed, workers=workers, checks=checks,
+        token_stats=token_stats, skipped_inputs=dict(store.stats.get("skipped") or {}),
+        elapsed_sec=time.perf_counter() - started,
+    )
+
+
+def _check_samples(safe: list[dict[str, Any]], rules: Any, workers: int,
+                   on_progress: Callable[[int, int], None] | None) -> tuple[list[tuple], Any, int]:
+    """The per-sample checks of `safe` in chunks, in worker processes unless too few samples make a pool worth
+    it: (per-sample results, token id counts, the workers used)."""
     chunk = max(8, min(256, math.ceil(len(safe) / (workers * 8)) if safe else 8))
     results: list[tuple] = []
     counts = np.zeros(rules.vocab_size or 1, dtype=np.int64)
@@ -638,8 +641,6 @@ def validate_dataset(
         outputs: Iterable[tuple] = map(_check_chunk, _chunks(safe, chunk))
         pool = None
     else:
-        import multiprocessing
-
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(rules,))
         outputs = pool.imap(_check_chunk, _chunks(safe, chunk))
     try:
@@ -654,22 +655,10 @@ def validate_dataset(
             pool.close()
             pool.join()
         _WORKER.clear()
-
-    token_stats = _token_stats(results, counts, tokenizer)
-    for _sid, name, sample_checks, _stats in results:
-        for check, (level, message) in sample_checks.items():
-            checks[check].add(level, name, message)
-    return ValidationReport(
-        data_dir=str(store.data_dir), format=store.format, total_samples=len(store.index),
-        checked_samples=len(chosen), sample_size=sample_size, seed=seed, workers=workers, checks=checks,
-        token_stats=token_stats, skipped_inputs=dict(store.stats.get("skipped") or {}),
-        elapsed_sec=time.perf_counter() - started,
-    )
+    return results, counts, workers
 
 
 def _summary(values: Any) -> dict[str, float]:
-    import numpy as np
-
     if len(values) == 0:
         return {}
     q = np.percentile(values, [0, 25, 50, 75, 95, 100])
@@ -680,8 +669,6 @@ def _summary(values: Any) -> dict[str, float]:
 def _token_stats(results: list[tuple], counts: Any, tokenizer: Any) -> dict[str, Any]:
     """Length distributions over the checked samples; samples far above the rest turn their `tokens`
     check into a warning."""
-    import numpy as np
-
     rows = [(checks, stats) for _sid, _name, checks, stats in results if checks["format"][0] != FAIL]
     if not rows:
         return {}
