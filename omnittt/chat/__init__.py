@@ -1,6 +1,6 @@
 """`omnittt chat`: a spoken conversation with a trained model whose TTT state persists across turns. A peer of
-train, not part of it: of train it uses only what reads a run (`run_dir`, `checkpoint.read_trainer_state`) and
-`setup`'s dataset-vs-model check, inside `open_chat`.
+train, not part of it: `open_chat` opens the run or model folder with `omnittt.runs.open_run` (the one owner of
+opening a run, with the dataset-vs-model check).
 
 `session` (`ChatSession`: turns, the cache, save/load as safetensors), `generation` (`GenerationSettings`, the
 settings saved with a model), `loading` (`open_chat` on a run or a model directory). Names are imported lazily:

@@ -32,17 +32,15 @@ def register(app: typer.Typer) -> None:
     ) -> Any:
         from omnittt.cli.train import run_prepared
         from omnittt.config import parse_dotted_overrides
-        from omnittt.train.checkpoint import RESUME_STATES, verify_checkpoint
+        from omnittt.runs import open_run
+        from omnittt.train.checkpoint import RESUME_STATES
         from omnittt.train.distributed import launch, launched
-        from omnittt.train.run_dir import find_run_dir
         from omnittt.train.setup import resume_run
 
-        # before anything is started or written: the run, its `latest`, and the checkpoint it names (trainer
-        # state, weights complete and of the model its config.json describes, optimizer / schedule / RNG states
-        # of tensors only), each a one-line error naming the file
-        latest = find_run_dir(run).latest_checkpoint()
-        if latest is not None:
-            verify_checkpoint(latest, states=RESUME_STATES)
+        # before anything is started or written (resume_run checks again in every process): the run, its
+        # `latest`, and the checkpoint it names (trainer state, weights complete and of the model its config.json
+        # describes, optimizer / schedule / RNG states of tensors only), each a one-line error naming the file
+        open_run(run, accept="run", states=RESUME_STATES, load=False)
         if num_processes != 1 and not launched():
             argv = ["resume", str(run), "--num-processes", str(num_processes)]
             argv += [arg for key, value in (("--max-steps", max_steps), ("--save-every", save_every))

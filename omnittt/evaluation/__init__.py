@@ -1,5 +1,6 @@
-"""`omnittt eval`: a peer of train, not part of it. Of train it uses only what reads a run (`run_dir`,
-`checkpoint.read_trainer_state`) and `setup`'s dataset-vs-model check, inside the functions that load.
+"""`omnittt eval`: a peer of train, not part of it. It opens runs and model folders with
+`omnittt.runs.open_run` (the one owner of opening a run, with the dataset-vs-model check); of train it otherwise
+uses only `setup.NO_STAGE`, inside the function that opens the data.
 
 `statistics` (the leaf: per-token scores, bootstrap intervals, `summarize`), `scoring` (runs fed through
 `ExchangeStream` in lockstep), `recall` (the recall probe), `report` (buckets, comparisons, verdicts), `plot`

@@ -19,6 +19,7 @@ from omnittt.evaluation.recall import find_recall_items, recall_probe
 from omnittt.evaluation.report import build_report, check_report_finite
 from omnittt.evaluation.scoring import RESET_MODES, RunSpec, runs_for, score_runs
 from omnittt.evaluation.statistics import StatOptions, TokenScores
+from omnittt.runs import check_dataset_matches_model, open_run
 
 
 # -- from paths to a report ------------------------------------------------------------------------------------
@@ -50,36 +51,9 @@ class LoadedModel:
 
 
 def load_for_eval(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """A run directory (its latest checkpoint), a checkpoint folder, or a model directory."""
-    from omnittt.core.loading import load_model
-    from omnittt.core.tokenizer import load_tokenizer
-    from omnittt.train.checkpoint import read_trainer_state
-    from omnittt.train.run_dir import TRAINER_STATE_FILE, find_run_dir, resolve_checkpoint
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such run, checkpoint or model directory", fix="check the path")
-    settings: dict[str, Any] = {}
-    step = None
-    is_run = (path / "config.yaml").is_file() or (path / TRAINER_STATE_FILE).is_file()
-    if is_run:
-        path = resolve_checkpoint(path)
-        step = read_trainer_state(path).get("step")
-        try:
-            settings = find_run_dir(path).read_config().get("settings", {})
-        except UserError:
-            settings = {}
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the eval progress bar is ours; a load is one line in the header
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the sub-config type notice of from_pretrained is noise here
-    try:
-        model = load_model(path, device=device).model
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    tokenizer = load_tokenizer(path) if (path / "tokenizer_config.json").is_file() else None
-    return LoadedModel(model, str(path), tokenizer, settings, step)
+    """A run directory (its latest checkpoint), a checkpoint folder, or a model directory (`omnittt.runs`)."""
+    opened = open_run(path, accept="any", device=device)
+    return LoadedModel(opened.model, str(opened.path), opened.tokenizer, opened.settings, opened.step)
 
 
 def _open_data(options: EvalOptions, recorded: dict[str, Any]) -> tuple[Any, str, str]:
@@ -145,7 +119,6 @@ def _load_models(options: EvalOptions) -> tuple[LoadedModel, LoadedModel | None,
     (dataset, its path, the stage), each checked against the data and each other."""
     from omnittt.core.presets import build_model
     from omnittt.core.tokenizer import build_default_tokenizer
-    from omnittt.train.setup import check_dataset_matches_model
 
     main = None if options.preset else load_for_eval(options.run or options.model, options.device)
     dataset, data, stage = _open_data(options, main.run_settings if main else {})

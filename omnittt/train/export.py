@@ -23,12 +23,12 @@ import yaml
 
 from omnittt.atomic import atomic_directory
 from omnittt.errors import UserError
-from omnittt.train.checkpoint import read_trainer_state, verify_checkpoint
-from omnittt.train.run_dir import CHECKPOINT_PREFIX, RunDir, find_run_dir, resolve_checkpoint
+from omnittt.runs import FEATURE_EXTRACTOR_FILE, open_run
+from omnittt.train.run_dir import RunDir
 
 # what a checkpoint holds beside the weights that an exported model also needs
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-FEATURE_EXTRACTOR_FILE = "preprocessor_config.json"
+EXPORT_REQUIRES = ("tokenizer.json", "tokenizer_config.json", FEATURE_EXTRACTOR_FILE)  # checked before writing
 TRAINING_CONFIG_FILE = "training_config.yaml"
 MODEL_CARD_FILE = "README.md"
 EVAL_FILE = "eval.json"  # `omnittt eval --output` inside the run directory: its figures go into the model card
@@ -39,17 +39,12 @@ def export_checkpoint(run: str | os.PathLike, to: str | os.PathLike, checkpoint:
                       eval_report: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write the export to `to` atomically; returns what was exported (source checkpoint, step, files, the eval
     report whose figures the model card shows)."""
-    from omnittt.core.loading import load_model
-
-    source = _checkpoint(Path(run), checkpoint)
-    # the inputs, before anything is read into memory or removed (--overwrite): trainer state, weights complete
-    # and of the model config.json describes, tokenizer and feature-extractor config beside them
-    verify_checkpoint(source, require=("tokenizer.json", "tokenizer_config.json", FEATURE_EXTRACTOR_FILE))
+    # the checkpoint is opened (`omnittt.runs.open_run`) and checked before anything is read into memory or removed
+    # (--overwrite): trainer state, weights complete and of the model config.json describes, tokenizer and
+    # feature-extractor config beside them. A bare checkpoint folder outside its run is still a complete model.
+    opened = open_run(run, checkpoint, accept="checkpoint", require=EXPORT_REQUIRES, load=False)
+    source, run_dir, state = opened.path, opened.run, opened.trainer_state
     target = Path(to)
-    try:
-        run_dir: RunDir | None = find_run_dir(source)
-    except UserError:
-        run_dir = None  # a bare checkpoint folder outside its run: the model is still complete
     eval_path = Path(eval_report) if eval_report is not None else None
     if eval_path is None and run_dir is not None and (run_dir.path / EVAL_FILE).is_file():
         eval_path = run_dir.path / EVAL_FILE
@@ -58,8 +53,7 @@ def export_checkpoint(run: str | os.PathLike, to: str | os.PathLike, checkpoint:
         if not overwrite:
             raise UserError(f"{target} already exists", fix="choose another --to, or pass --overwrite")
         shutil.rmtree(target)
-    model = load_model(source).model
-    state = read_trainer_state(source)
+    model = opened.load().model
     card = model_card(model, name=target.name, checkpoint=source, trainer_state=state,
                       stage_configs=_stage_configs(run_dir, state), eval_report=report, eval_path=eval_path)
     with atomic_directory(target) as tmp:
@@ -76,16 +70,6 @@ def export_checkpoint(run: str | os.PathLike, to: str | os.PathLike, checkpoint:
     return {"checkpoint": str(source), "step": state.get("step"), "to": str(target),
             "eval": str(eval_path) if eval_path is not None else None,
             "files": sorted(p.name for p in target.iterdir())}
-
-
-def _checkpoint(run: Path, checkpoint: str) -> Path:
-    if checkpoint == "latest":
-        return resolve_checkpoint(run)
-    name = checkpoint if checkpoint.startswith(CHECKPOINT_PREFIX) else f"{CHECKPOINT_PREFIX}{checkpoint}"
-    path = find_run_dir(run).checkpoints / name
-    if not path.is_dir():
-        raise UserError(f"{run}: no checkpoint {name}", fix="pass latest, a step number or a step_N folder name")
-    return resolve_checkpoint(path)
 
 
 def _read_eval(path: Path) -> dict[str, Any]:
