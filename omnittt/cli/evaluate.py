@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         plot: Path = typer.Option(None, "--plot", help="Write a loss-vs-position PNG (needs matplotlib)."),
         max_conversations: int = typer.Option(None, "--max-conversations", help="Evaluate only the first N "
                                               "conversations / sessions."),
+        held_out: bool = typer.Option(False, "--held-out", help="Score only conversations the run never trained "
+                                      "on (every stage's split is recorded in RUN/splits.json)."),
         batch_size: int = typer.Option(4, "--batch-size", help="Conversations evaluated together."),
         min_tokens: int = typer.Option(100, "--min-tokens", help="Buckets with fewer tokens get no figure."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
@@ -71,7 +73,7 @@ def register(app: typer.Typer) -> None:
         options = EvalOptions(
             run=str(run) if run else None, model=str(model) if model else None, preset=preset,
             data=str(data) if data else None, stage=stage, baseline=str(baseline) if baseline else None,
-            ttt_reset=modes[ttt_reset], batch_size=batch_size, max_conversations=max_conversations,
+            ttt_reset=modes[ttt_reset], batch_size=batch_size, max_conversations=max_conversations, held_out=held_out,
             recall=recall, stats=StatOptions(min_tokens=min_tokens, bootstrap=bootstrap),
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         )
@@ -106,7 +108,8 @@ def render_report(console: Any, report: dict[str, Any]) -> None:
     uniform = f"ln {report['vocab_size']} = {report['uniform_loss']:.3f}"
     head = (f"model   {report['model']}" + (f" (step {report['step']})" if report.get("step") is not None else "")
             + (f"\nbaseline {report['baseline']}" if report.get("baseline") else "")
-            + f"\ndata    {report['data']} · stage {report['stage']} · {report['conversations']:,} conversations · "
+            + f"\ndata    {report['data']} · stage {report['stage']} · {report['conversations']:,} "
+              + ("held-out " if report.get("held_out") else "") + "conversations · "
               f"{report['exchanges']:,} exchanges · {report['positions']:,} positions"
             + f"\nuniform-guess loss {uniform} · {report['elapsed_sec']:.1f} s "
               f"({report['positions_per_sec']:,.0f} positions/s over all runs)")

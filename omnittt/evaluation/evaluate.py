@@ -36,6 +36,7 @@ class EvalOptions:
     ttt_reset: tuple[str, ...] = RESET_MODES  # the model under each rule; the first is the reference
     batch_size: int = 4  # conversations evaluated together
     max_conversations: int | None = None
+    held_out: bool = False  # score only conversations the run never trained on
     recall: bool = True
     stats: StatOptions = field(default_factory=StatOptions)
     device: str = "cpu"
@@ -67,9 +68,25 @@ def _open_data(options: EvalOptions, recorded: dict[str, Any]) -> tuple[Any, str
                                                                 else ""),
                         fix="pass --data DIR (a folder written by omnittt preprocess)")
     dataset = ConversationDataset(data, stage=None if stage == NO_STAGE else stage)
+    if options.held_out:
+        dataset.conversations = _held_out(dataset.conversations, options, data)
     if options.max_conversations is not None:
         dataset.conversations = dataset.conversations[: options.max_conversations]
     return dataset, str(data), stage
+
+
+def _held_out(conversations: list[Any], options: EvalOptions, data: str) -> list[Any]:
+    """The conversations none of whose source dialogues the run trained on (`RunDir.record_split`)."""
+    opened = open_run(options.run, accept="any", load=False) if options.run else None
+    if opened is None or opened.run is None:
+        raise UserError("--held-out needs a run directory (it records what the run trained on)",
+                        fix="pass --run RUN, or drop --held-out")
+    trained = opened.run.trained_conversations(data)
+    kept = [conv for conv in conversations if not trained.intersection(conv.source_conversation_ids)]
+    if not kept:
+        raise UserError(f"{data}: every conversation here was trained on by {opened.run.path}",
+                        fix="score a dataset the run never saw (e.g. a new corpus with another --seed)")
+    return kept
 
 
 def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
@@ -90,7 +107,8 @@ def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
     vocab = int(main.model.config.text_config.vocab_size)
     positions = sum(conv.num_positions for conv in dataset.conversations)
     meta = {
-        "data": data, "stage": stage, "conversations": len(dataset), "positions": positions,
+        "data": data, "stage": stage, "held_out": options.held_out, "conversations": len(dataset),
+        "positions": positions,
         "exchanges": sum(conv.num_exchanges for conv in dataset.conversations),
         "model": main.source, "step": main.step, "baseline": baseline.source if baseline else None,
         "baseline_step": baseline.step if baseline else None, "batch_size": options.batch_size,

@@ -7,6 +7,8 @@ the model summary, and which checkpoint is the newest complete one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ from typing import Any
 import yaml
 
 from omnittt.atomic import atomic_write_json, atomic_write_text
+from omnittt.data.store import MANIFEST_FILE
 from omnittt.errors import UserError
 from omnittt.inspect.schemas import (
     CHECKPOINTS_DIR,
@@ -29,6 +32,12 @@ from omnittt.inspect.schemas import (
 CHECKPOINT_PREFIX = "step_"
 TRAINER_STATE_FILE = "trainer_state.json"  # written into a checkpoint last, so its presence marks it complete
 _STEP_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+SPLITS_FILE = "splits.json"
+
+
+def dataset_fingerprint(data: str | os.PathLike) -> str:
+    """What identifies a processed dataset: the sha256 of its manifest (every conversation and its samples)."""
+    return hashlib.sha256((Path(data) / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
 
 
 class RunDir:
@@ -63,6 +72,33 @@ class RunDir:
             raise UserError(f"{self.path}: no {CONFIG_FILE} (not a run directory)",
                             fix="pass the folder `omnittt train --run` wrote, e.g. runs/tiny")
         return yaml.safe_load(self.config_path.read_text()) or {}
+
+    def record_split(self, stage: str, data: str | os.PathLike, train: list[str], validation: list[str]) -> None:
+        """Record which source conversations of which dataset this stage trains on and holds out (`splits.json`,
+        one entry per stage), so eval can score only what the run never saw."""
+        splits = [s for s in self.read_splits() if s["stage"] != stage]
+        splits.append({"stage": stage, "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(data),
+                       "train": sorted(train), "validation": sorted(validation)})
+        atomic_write_json(self.path / SPLITS_FILE, splits)
+
+    def read_splits(self) -> list[dict[str, Any]]:
+        path = self.path / SPLITS_FILE
+        if not path.is_file():
+            return []
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: not valid JSON", fix="restore it, or train the run again") from None
+
+    def trained_conversations(self, data: str | os.PathLike) -> set[str]:
+        """Source conversation ids of the dataset `data` that any stage of this run trained on (none when the run
+        trained on other data: same ids in another dataset are other conversations)."""
+        splits = self.read_splits()
+        if not splits:
+            raise UserError(f"{self.path}: the run does not record what it trained on ({SPLITS_FILE})",
+                            fix="score a dataset the run never saw, or drop --held-out")
+        fingerprint = dataset_fingerprint(data)
+        return {cid for split in splits if split["data_fingerprint"] == fingerprint for cid in split["train"]}
 
     def write_model_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.summary_path, summary)

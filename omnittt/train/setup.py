@@ -314,6 +314,7 @@ def _finish(parts: _Parts, run: RunDir, state: TrainerState, console: Any, *, so
             run.config_path.replace(run.path / f"config.{continued_from.trainer_state['stage']}.yaml")
         run.write_config(config)
         run.write_model_summary(parts.summary)
+        _record_split(run, parts)
     val_ds = parts.datasets[1]
     val_loader = None if val_ds is None else ConversationLoader(val_ds, batch_size=1, shuffle=False,
                                                                 seed=settings.seed,
@@ -356,6 +357,17 @@ def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _record_split(run: RunDir, parts: _Parts) -> None:
+    """What this stage trains on and holds out, by source conversation, for eval's `--held-out`."""
+    train, val = parts.datasets[0], parts.datasets[1]
+
+    def sources(dataset: Any) -> list[str]:
+        return [] if dataset is None else [cid for conv in dataset.conversations
+                                           for cid in conv.source_conversation_ids]
+
+    run.record_split(parts.settings.stage, parts.settings.data, sources(train), sources(val))
 
 
 def _datasets(settings: TrainSettings) -> tuple[Any, Any | None, Any]:
