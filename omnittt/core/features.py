@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import WhisperFeatureExtractor
 
 from omnittt.core.speech import SAMPLE_RATE, SEGMENT_SAMPLES
 
@@ -22,8 +23,6 @@ LARGE_V3_MELS = 128
 
 def build_feature_extractor(n_mels: int = LARGE_V3_MELS) -> Any:
     """An offline `WhisperFeatureExtractor` (mel filters are computed locally; no hub access)."""
-    from transformers import WhisperFeatureExtractor
-
     return WhisperFeatureExtractor(feature_size=n_mels, sampling_rate=SAMPLE_RATE)
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import LlamaConfig, WhisperConfig
 
 from omnittt.core.modeling_omnittt import OmniTTTConfig, OmniTTTForCausalLM
@@ -323,8 +324,6 @@ def _read_config(path: Path) -> dict[str, Any]:
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint directory: safetensors (single or sharded) or pytorch_model*.bin read
     with `weights_only=True`."""
-    from safetensors.torch import load_file
-
     files = sorted(path.glob("*.safetensors"))
     loader = load_file
     if not files:

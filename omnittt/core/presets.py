@@ -22,6 +22,7 @@ from omnittt.core.modeling_omnittt import (
     is_ttt_state_param,
     ttt_modules,
 )
+from omnittt.core.tokenizer import build_default_tokenizer, chat_tokens
 from omnittt.core.ttt_config import TTTConfig
 from omnittt.errors import UserError
 
@@ -83,8 +84,6 @@ TINY_CONV_GAIN = 7.0
 
 @functools.lru_cache(maxsize=1)
 def _default_tokenizer_ids() -> dict[str, Any]:
-    from omnittt.core.tokenizer import build_default_tokenizer, chat_tokens
-
     tok = build_default_tokenizer()
     ids = chat_tokens(tok)
     return {"vocab_size": len(tok), "bos_token_id": ids.bos, "eos_token_id": ids.eot, "pad_token_id": ids.pad}

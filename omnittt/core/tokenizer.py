@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 from omnittt.core.constants import (
     BOS_TOKEN,
     END_HEADER_TOKEN,
@@ -24,6 +27,7 @@ from omnittt.core.constants import (
     START_HEADER_TOKEN,
     SYSTEM_PROMPT,
 )
+from omnittt.errors import UserError
 
 DEFAULT_TOKENIZER_NAME = "omnittt-bpe"
 DEFAULT_VOCAB_SIZE = 2048
@@ -88,9 +92,6 @@ class ChatTokens:
 def build_default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Any:
     """The offline default: byte-level BPE trained on a fixed corpus (deterministic), Llama-3 special
     tokens, LLaMA-Omni's chat template and a real pad token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -115,10 +116,6 @@ def build_default_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Any:
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
     """Load a Hugging Face tokenizer from a local directory (never the hub)."""
-    from transformers import AutoTokenizer
-
-    from omnittt.errors import UserError
-
     path = Path(path)
     if not (path / "tokenizer_config.json").exists() and not (path / "tokenizer.json").exists():
         raise UserError(
@@ -143,8 +140,6 @@ def chat_tokens(tok: Any) -> ChatTokens:
 
     def need(token: str) -> int:
         if token not in vocab:
-            from omnittt.errors import UserError
-
             raise UserError(
                 f"tokenizer {tokenizer_name(tok)!r} has no {token} token",
                 fix="use a Llama-3-style tokenizer (or the default one)",
