@@ -2,12 +2,13 @@
 layout (`omnittt preprocess conversations`), with text user turns or (`spoken`) user turns spoken by espeak-ng.
 
 A dialogue states `facts` facts in its first exchanges ("Remember: the red door code is 4 7 1 9." -> "Noted."),
-then `filler` exchanges of random words, then asks for `queries` of the facts in a random order ("What is the red
-door code?" -> "4 7 1 9"): multi-query associative recall, as in the Zoology benchmark; facts never asked are the
-distractors. A code's digits appear nowhere else in the dialogue (fillers hold no digits), so only what the model
-kept from the fact's exchange can answer. The reply to a question is the code alone, so every answer token is
-scored. Each dialogue's `metadata.json` carries `recall.queries`: for each question its exchange, the exchange of
-its fact and the answer text, which the manifest keeps and the recall probe reads.
+then `filler` exchanges of random words (or a number of them drawn from `min_filler..filler`: a mix of distances,
+which a tiny model needs in order to discover retrieval at all), then asks for `queries` of the facts in a random
+order ("What is the red door code?" -> "4 7 1 9"): multi-query associative recall, as in the Zoology benchmark;
+facts never asked are the distractors. A code's digits appear nowhere else in the dialogue (fillers hold no
+digits), so only what the model kept from the fact's exchange can answer. The reply to a question is the code
+alone, so every answer token is scored. Each dialogue's `metadata.json` carries `recall.queries`: for each question
+its exchange, the exchange of its fact and the answer text, which the manifest keeps and the recall probe reads.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class RecallCorpusSpec:
     facts: int = 1
     queries: int | None = None  # facts asked per dialogue (None: all); the others are distractors
     filler: int = 4
+    min_filler: int | None = None  # filler exchanges drawn uniformly from min_filler..filler (None: always filler)
     filler_words: int = 8
     digits: int = 4
     spoken: bool = False
@@ -57,6 +59,9 @@ class RecallCorpusSpec:
                             fix="ask at most as many questions as there are facts")
         if self.filler < 0 or self.filler_words < 1 or self.digits < 1:
             raise UserError("--filler must be >= 0, --filler-words and --digits >= 1", fix="e.g. --filler 4")
+        if self.min_filler is not None and not 0 <= self.min_filler <= self.filler:
+            raise UserError(f"--min-filler must be 0..{self.filler} (--filler), got {self.min_filler}",
+                            fix="e.g. --min-filler 0 --filler 4 for distances mixed from short to long")
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,8 @@ def recall_dialogue(rng: random.Random, spec: RecallCorpusSpec) -> RecallDialogu
     keys = rng.sample([f"{c} {t}" for c in COLOURS for t in THINGS], spec.facts)
     codes = [" ".join(str(rng.randrange(10)) for _ in range(spec.digits)) for _ in keys]
     exchanges = [(f"Remember: the {key} code is {code}.", FACT_REPLY) for key, code in zip(keys, codes, strict=True)]
-    for _ in range(spec.filler):
+    fillers = spec.filler if spec.min_filler is None else rng.randint(spec.min_filler, spec.filler)
+    for _ in range(fillers):
         words = " ".join(rng.choice(FILLER_WORDS) for _ in range(spec.filler_words))
         exchanges.append((f"{words.capitalize()}.", FILLER_REPLY))
     asked = rng.sample(range(spec.facts), spec.queries or spec.facts)

@@ -64,3 +64,11 @@ def test_bad_specs_and_a_foreign_folder_are_refused(tmp_path):
     make_recall_corpus(tmp_path / "y", RecallCorpusSpec(dialogues=2))
     with pytest.raises(UserError, match="not this recall corpus"):
         make_recall_corpus(tmp_path / "y", RecallCorpusSpec(dialogues=3))
+
+
+def test_mixed_distances_cover_the_filler_range():
+    spec = RecallCorpusSpec(facts=1, filler=4, min_filler=1)
+    counts = {len(recall_dialogue(random.Random(seed), spec).exchanges) - 2 for seed in range(60)}
+    assert counts == {1, 2, 3, 4}
+    with pytest.raises(UserError, match="--min-filler"):
+        RecallCorpusSpec(filler=2, min_filler=3).check()
