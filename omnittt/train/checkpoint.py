@@ -1,4 +1,4 @@
-"""Checkpoints with no pickle anywhere (DESIGN.md "train: the run directory").
+"""Checkpoints with no pickle anywhere (docs/architecture.md "The run directory").
 
     checkpoints/step_N/model.safetensors (or sharded + index), config.json   weights via save_pretrained
                        tokenizer files, preprocessor_config.json             so the folder is self-contained
@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
 from omnittt.atomic import atomic_directory, atomic_write_json
+from omnittt.core.modeling_omnittt import OmniTTTConfig, OmniTTTForCausalLM
 from omnittt.errors import UserError
 from omnittt.inspect.health import check_model_health
 from omnittt.train.faults import fault_point
@@ -131,8 +133,6 @@ def weight_shapes(checkpoint: Path) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every stored tensor, read from the safetensors headers (no tensor data is loaded). A
     truncated or corrupt file is a one-line error naming it: safetensors checks that the header is complete and
     that the tensors it describes cover the file exactly."""
-    from safetensors import SafetensorError, safe_open
-
     shapes: dict[str, tuple[int, ...]] = {}
     for path in weight_files(checkpoint):
         try:
@@ -154,8 +154,6 @@ def check_weights_match_config(checkpoint: Path, shapes: dict[str, tuple[int, ..
     is built on the meta device, so nothing is allocated). Keys save_pretrained leaves out because they are tied
     to a stored parameter are accepted. Weights of another preset or size are a one-line error, instead of
     transformers re-initialising what does not fit."""
-    from omnittt.core.modeling_omnittt import OmniTTTConfig, OmniTTTForCausalLM
-
     checkpoint = Path(checkpoint)
     config_path = checkpoint / "config.json"
     fix = "build the model with the checkpoint's configuration: keep config.json and the weights of one save"

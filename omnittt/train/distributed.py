@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
+from accelerate import PartialState
 
 from omnittt.errors import UserError
 
@@ -51,8 +53,6 @@ def launch_command(argv: Sequence[str], num_processes: int) -> list[str]:
 
 def launch(argv: Sequence[str], num_processes: int) -> int:
     """Run `omnittt ARGV` in `num_processes` processes; returns the launcher's exit status."""
-    import subprocess
-
     if num_processes < 1:
         raise UserError(f"--num-processes must be >= 1 (got {num_processes})", fix="use e.g. --num-processes 2")
     if torch.cuda.is_available() and num_processes > torch.cuda.device_count():
@@ -75,8 +75,6 @@ class Processes:
     """The agreements between training processes; with one process every call is free and changes nothing."""
 
     def __init__(self) -> None:
-        from accelerate import PartialState
-
         # the same shared state the trainer's Accelerator uses (gloo on CPU, NCCL on GPUs)
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.num_processes = int(self.state.num_processes)

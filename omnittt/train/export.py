@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from omnittt.atomic import atomic_directory
+from omnittt.data.curriculum import stage_names
 from omnittt.errors import UserError
 from omnittt.runs import FEATURE_EXTRACTOR_FILE, open_run
 from omnittt.train.run_dir import RunDir
@@ -91,7 +92,6 @@ def _stage_configs(run_dir: RunDir | None, trainer_state: dict[str, Any]) -> lis
     `config.yaml`), up to the stage the exported checkpoint belongs to."""
     if run_dir is None:
         return []
-    from omnittt.data.curriculum import stage_names
 
     order = stage_names()
     earlier = sorted(run_dir.path.glob("config.*.yaml"),

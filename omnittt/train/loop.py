@@ -31,7 +31,10 @@ from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.core.speech import segment_positions
 from omnittt.errors import UserError
+from omnittt.inspect.fp32 import FP32Enforcer, find_ttt_modules
+from omnittt.inspect.stats import MetricsLogger, TTTStateLogger
 from omnittt.train.checkpoint import save_checkpoint
+from omnittt.train.distributed import Processes
 from omnittt.train.faults import fault_point
 from omnittt.train.guard import NonFiniteGuard, nonfinite_problems
 from omnittt.train.run_dir import TRAINER_STATE_FILE, RunDir
@@ -94,10 +97,6 @@ class Trainer:
         val_loader: Any = None,
         processes: Any = None,
     ) -> None:
-        from omnittt.inspect.fp32 import FP32Enforcer, find_ttt_modules
-        from omnittt.inspect.stats import MetricsLogger, TTTStateLogger
-        from omnittt.train.distributed import Processes
-
         self.settings = settings
         self.processes = processes or Processes()  # one process unless started by `omnittt train --num-processes`
         self.model = model

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md "train: the run directory"): where each file lives, the resolved configuration,
+"""The run directory (docs/architecture.md "The run directory"): where each file lives, the resolved configuration,
 the model summary, and which checkpoint is the newest complete one.
 
     config.yaml  model_summary.json  metrics.jsonl  ttt_state.jsonl

@@ -19,7 +19,7 @@ class TensorBoardScalars:
     """`train/<name>` scalars per optimizer step, written with torch's SummaryWriter."""
 
     def __init__(self, log_dir: Path) -> None:
-        try:
+        try:  # tensorboard is optional (the [tensorboard] extra): imported only when --log-with asks for it
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise UserError("--log-with tensorboard needs the tensorboard package, which is not installed",

@@ -33,7 +33,7 @@ from omnittt.core.features import build_feature_extractor
 from omnittt.core.loading import detect_layout, load_model
 from omnittt.core.presets import build_model, model_summary
 from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
-from omnittt.data.curriculum import get_stage, stage_names
+from omnittt.data.curriculum import get_stage, previous_stage_name
 from omnittt.data.dataset import ConversationDataset, ConversationLoader
 from omnittt.errors import UserError
 from omnittt.runs import OpenedRun, check_dataset_matches_model, open_run
@@ -43,6 +43,7 @@ from omnittt.train.loop import Trainer, TrainerState
 from omnittt.train.optim import build_optimizer, build_scheduler, group_summary
 from omnittt.train.rng import restore_rng, seed_everything
 from omnittt.train.run_dir import RunDir
+from omnittt.train.scalars import scalar_logger
 from omnittt.train.settings import TrainSettings
 from omnittt.train.trainable import parameter_groups
 
@@ -90,7 +91,7 @@ def _existing_run(run: RunDir, settings: TrainSettings, overwrite: bool) -> Open
             shutil.rmtree(run.path)
         processes.barrier()
         return None
-    previous = _previous_stage_name(settings.stage)
+    previous = previous_stage_name(settings.stage)
     if previous is not None and not settings.allow_skip:
         raise UserError(f"stage {settings.stage} continues from the {previous} stage's final checkpoint, and "
                         f"{run.path} has none",
@@ -99,18 +100,13 @@ def _existing_run(run: RunDir, settings: TrainSettings, overwrite: bool) -> Open
     return None
 
 
-def _previous_stage_name(stage: str) -> str | None:
-    names = stage_names()
-    return names[names.index(stage) - 1] if stage in names and names.index(stage) > 0 else None
-
-
 def _previous_stage_checkpoint(run: RunDir, settings: TrainSettings) -> OpenedRun:
     """The final checkpoint of the stage before `settings.stage` in `run` (opened), or the error that says what
     to do."""
     latest = run.latest_checkpoint()
     opened = open_run(latest, accept="checkpoint", load=False) if latest is not None else None
     previous = opened.trainer_state if opened is not None else {}
-    if opened is None or _previous_stage_name(settings.stage) != previous.get("stage"):
+    if opened is None or previous_stage_name(settings.stage) != previous.get("stage"):
         raise UserError(f"{run.path} already holds a run" + (f" (stage {previous['stage']})" if previous else ""),
                         fix=f"continue it with `omnittt resume {run.path}`, train its next curriculum stage, "
                             "choose another --run, or pass --overwrite to start over")
@@ -324,8 +320,6 @@ def _finish(parts: _Parts, run: RunDir, state: TrainerState, console: Any, *, so
                       extra_pretrained=(parts.tokenizer, parts.feature_extractor), state=state, console=console,
                       val_loader=val_loader, processes=processes)
     if settings.log_with and processes.is_main:
-        from omnittt.train.scalars import scalar_logger  # tensorboard only when asked for
-
         trainer.scalar_loggers.append(scalar_logger(settings.log_with, run.path))
     if resumed_from is not None and processes.is_main:
         trainer.metrics.drop_after(state.step)
