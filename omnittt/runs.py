@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from transformers import WhisperFeatureExtractor
 from transformers.utils import logging as hf_logging
 
 from omnittt.core.features import build_feature_extractor
@@ -90,8 +91,6 @@ class OpenedRun:
         n_mels = int(self.model.config.speech_config.num_mel_bins)
         if not (self.path / FEATURE_EXTRACTOR_FILE).is_file():
             return build_feature_extractor(n_mels)
-        from transformers import WhisperFeatureExtractor
-
         extractor = WhisperFeatureExtractor.from_pretrained(str(self.path), local_files_only=True)
         if int(extractor.feature_size) != n_mels:
             raise UserError(f"{self.path / FEATURE_EXTRACTOR_FILE}: {extractor.feature_size} mel bins, the speech "

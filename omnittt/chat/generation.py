@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from transformers import GenerationConfig
+
 from omnittt.config import Settings
 from omnittt.errors import UserError
 
@@ -43,8 +45,6 @@ def generation_defaults(model_dir: str | os.PathLike) -> GenerationSettings:
     """The generation settings saved with the model (`generation_config.json` beside the weights, the Hugging
     Face convention: `model.generation_config` is written by every checkpoint and export); values it does not set
     explicitly keep `GenerationSettings`' defaults."""
-    from transformers import GenerationConfig
-
     path = Path(model_dir)
     settings = GenerationSettings()
     if not (path / GENERATION_CONFIG_FILE).is_file():

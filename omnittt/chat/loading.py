@@ -13,6 +13,7 @@ import torch
 from omnittt.chat.generation import generation_defaults
 from omnittt.chat.session import ChatSession
 from omnittt.core.constants import SYSTEM_PROMPT
+from omnittt.core.ttt_llama import MASK_KIND, prepare_ttt_config
 from omnittt.errors import UserError
 from omnittt.runs import open_run
 from omnittt.train.run_dir import find_run_dir
@@ -31,8 +32,6 @@ class ChatSource:
 def set_attention_window(model: Any, window: int | None) -> None:
     """Make the model's attention layers sliding-window over the last `window` positions (None: full attention).
     The weights do not depend on it: only the layer kinds, the masks and the cache layers a new cache gets."""
-    from omnittt.core.ttt_llama import MASK_KIND, prepare_ttt_config
-
     text = model.config.text_config
     if window is not None and int(window) < 2:
         raise UserError(f"--attention-window must be at least 2 positions (got {window})", fix="use e.g. 4096")

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -38,8 +40,10 @@ from omnittt.core.exchange_stream import ExchangeStream
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.prompt import Exchange, PromptBuilder
 from omnittt.core.speech import SAMPLE_RATE, padding_for, split_segments
+from omnittt.core.tokenizer import tokenizer_fingerprint
 from omnittt.core.ttt_cache import TTTCache
 from omnittt.core.ttt_config import TTTConfig
+from omnittt.data.audio import AudioError, load_audio, prepare_waveform
 from omnittt.errors import UserError
 
 STATE_FORMAT = "omnittt-chat-state"
@@ -233,8 +237,6 @@ class ChatSession:
 
     def _speech(self, audio: Any, sample_rate: int, label: str | None) -> tuple[np.ndarray, str]:
         """(16 kHz mono float32 waveform, its description for the transcript)."""
-        from omnittt.data.audio import AudioError, load_audio, prepare_waveform
-
         if audio is None:
             return np.zeros(0, dtype=np.float32), ""
         if isinstance(audio, (str, os.PathLike)):
@@ -271,16 +273,12 @@ class ChatSession:
     # -- save / load ---------------------------------------------------------------------------------------------
     def model_fingerprint(self) -> dict[str, Any]:
         text = self.model.config.text_config
-        from omnittt.core.tokenizer import tokenizer_fingerprint
-
         return {**{key: getattr(text, key, None) for key in _STATE_CONFIG_KEYS},
                 "tokenizer": tokenizer_fingerprint(self.tokenizer)[:16],
                 "weights": _weights_fingerprint(self.model)}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the conversation state (between turns) to `path` as safetensors, atomically."""
-        from safetensors.torch import save_file
-
         try:
             tensors, cache_info = self.cache.state_dict()
         except ValueError as exc:
@@ -295,8 +293,6 @@ class ChatSession:
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the conversation with the one saved in `path` (refused if it was saved with another model)."""
-        from safetensors import SafetensorError, safe_open
-
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: no such file", fix="give a file written by /save")

@@ -14,12 +14,17 @@ from typing import Any
 
 import torch
 
+from omnittt.core.features import build_feature_extractor
+from omnittt.core.presets import build_model
+from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
+from omnittt.data.dataset import ConversationDataset, ConversationLoader
 from omnittt.errors import UserError
 from omnittt.evaluation.recall import find_recall_items, recall_probe
 from omnittt.evaluation.report import build_report, check_report_finite
 from omnittt.evaluation.scoring import RESET_MODES, RunSpec, runs_for, score_runs
 from omnittt.evaluation.statistics import StatOptions, TokenScores
 from omnittt.runs import check_dataset_matches_model, open_run
+from omnittt.train.setup import NO_STAGE
 
 
 # -- from paths to a report ------------------------------------------------------------------------------------
@@ -58,9 +63,6 @@ def load_for_eval(path: str | Path, device: str = "cpu") -> LoadedModel:
 
 
 def _open_data(options: EvalOptions, recorded: dict[str, Any]) -> tuple[Any, str, str]:
-    from omnittt.data.dataset import ConversationDataset
-    from omnittt.train.setup import NO_STAGE
-
     data = options.data or recorded.get("data") or "processed_data"
     stage = options.stage or recorded.get("stage") or "8k"
     if not Path(data).exists():
@@ -91,9 +93,6 @@ def _held_out(conversations: list[Any], options: EvalOptions, data: str) -> list
 
 def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
     """Load the model (and baseline), score them on the data, build the report (not written anywhere)."""
-    from omnittt.core.features import build_feature_extractor
-    from omnittt.data.dataset import ConversationLoader
-
     _check_options(options)
     started = time.perf_counter()
     main, baseline, (dataset, data, stage) = _load_models(options)
@@ -135,9 +134,6 @@ def _check_options(options: EvalOptions) -> None:
 def _load_models(options: EvalOptions) -> tuple[LoadedModel, LoadedModel | None, tuple[Any, str, str]]:
     """The model (a preset's random weights aligned to the data's mini-batch size), the baseline, and the data
     (dataset, its path, the stage), each checked against the data and each other."""
-    from omnittt.core.presets import build_model
-    from omnittt.core.tokenizer import build_default_tokenizer
-
     main = None if options.preset else load_for_eval(options.run or options.model, options.device)
     dataset, data, stage = _open_data(options, main.run_settings if main else {})
     if main is None:  # random weights, aligned to the data's mini-batch size
@@ -162,8 +158,6 @@ def _load_models(options: EvalOptions) -> tuple[LoadedModel, LoadedModel | None,
 def _recall(dataset: Any, runs: list[RunSpec], model: torch.nn.Module, scores: list[TokenScores],
             stats: StatOptions) -> dict[str, Any]:
     """The recall probe; gaps: the reset ablation minus the carried model, and the baseline minus the first run."""
-    from omnittt.core.tokenizer import load_tokenizer
-
     items = find_recall_items(dataset, load_tokenizer(dataset.store.tokenizer_dir))
     carried = [i for i, run in enumerate(runs) if run.ttt_reset == "never" and run.model is model]
     reset = [i for i, run in enumerate(runs) if run.ttt_reset == "every-turn"]

@@ -11,7 +11,7 @@ from omnittt.errors import UserError
 
 def require_matplotlib() -> Any:
     """matplotlib.pyplot on the Agg backend, or the one-line error (checked before a long evaluation)."""
-    try:
+    try:  # matplotlib is optional (the [plot] extra): imported only for --plot
         import matplotlib
 
         matplotlib.use("Agg")
