@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from omnittt.core.speech import SAMPLE_RATE
 
@@ -74,8 +76,6 @@ def wav_truncation(path: str | os.PathLike) -> str | None:
 def prepare_waveform(data: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
     """`[frames]` or `[frames, channels]` at `rate` -> (16 kHz mono float32 in [-1, 1], clipped count).
     Chat's microphone input goes through here too. Raises ValueError on non-finite input."""
-    import soxr
-
     data = np.asarray(data, dtype=np.float32)
     mono = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data
     if not np.isfinite(mono).all():
@@ -91,8 +91,6 @@ def prepare_waveform(data: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
 
 def load_audio(path: str | os.PathLike) -> Audio:
     """Decode a speech file to 16 kHz mono float32; raise `AudioError` with a reason for unusable files."""
-    import soundfile as sf
-
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -129,8 +127,6 @@ def load_audio(path: str | os.PathLike) -> Audio:
 
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int] | None:
     """(frames, rate, channels) from the header, or None if unreadable (for size estimates)."""
-    import soundfile as sf
-
     try:
         info = sf.info(str(path))
     except Exception:

@@ -13,12 +13,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import torch
+
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
+from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.speech import padding_for, sample_positions
+from omnittt.core.tokenizer import chat_tokens, load_tokenizer
 from omnittt.data.curriculum import STAGES, Stage, get_stage
 from omnittt.data.sessions import (
     ExchangeRef,
@@ -28,14 +34,13 @@ from omnittt.data.sessions import (
     first_exchange_lengths,
     plan_stage,
 )
+from omnittt.data.store import SampleStore, open_dataset
 from omnittt.errors import UserError
 
 FINISHED_TURN = -1  # turn_number of the all-pad exchange fed to a row whose conversation has ended
 
 
 def _open(data: Any) -> Any:
-    from omnittt.data.store import SampleStore, open_dataset
-
     return data if isinstance(data, SampleStore) else open_dataset(data)
 
 
@@ -117,8 +122,6 @@ class ConversationDataset:
         return sample
 
     def _drop_prefix(self, sample: dict[str, Any], lengths: list[int]) -> dict[str, Any]:
-        import torch
-
         real = int(sample["attention_mask"].sum())
         start = int(sample["prefix_len"])
         ids = sample["input_ids"][start:real]
@@ -139,8 +142,6 @@ class ConversationDataset:
         if not hasattr(self, "_pad_id"):
             recorded = self.store.settings.get("pad_token_id")
             if recorded is None:
-                from omnittt.core.tokenizer import chat_tokens, load_tokenizer
-
                 recorded = chat_tokens(load_tokenizer(self.store.tokenizer_dir)).pad
             self._pad_id = int(recorded)
         return self._pad_id
@@ -157,8 +158,6 @@ class ExchangeCollator:
 
     def __call__(self, rows: Sequence[dict[str, Any] | None], turn_numbers: Sequence[int],
                  conversation_ids: Sequence[str]) -> dict[str, Any]:
-        import torch
-
         width = max((len(row["input_ids"]) for row in rows if row is not None), default=0)
         batch = len(rows)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -193,8 +192,6 @@ class ExchangeCollator:
         return step
 
     def features(self, segments: list[Any]) -> tuple[Any, Any]:
-        from omnittt.core.features import build_feature_extractor, log_mel
-
         if self.feature_extractor is None:
             self.feature_extractor = build_feature_extractor()
         return log_mel(segments, self.feature_extractor)
@@ -270,8 +267,6 @@ class ConversationLoader:
     def prefetcher(self) -> Any:
         """One background thread per loader, for `Batch` prefetching (made on first use)."""
         if self._prefetcher is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="omnittt-prefetch")
         return self._prefetcher
 
@@ -314,8 +309,6 @@ class ConversationLoader:
                 "num_conversations": len(self.dataset), "conversations_sha1": self._fingerprint()}
 
     def _fingerprint(self) -> str:
-        import hashlib
-
         ids = "\n".join(conv.conversation_id for conv in self.dataset.conversations)
         return hashlib.sha1(ids.encode("utf-8")).hexdigest()
 

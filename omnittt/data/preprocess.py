@@ -586,8 +586,6 @@ def run(plan: Plan, progress: Any = None, on_error: Callable[[dict[str, Any]], N
 
     next_id = sum(len(r["index"]) for r in records)
     todo = plan.refs[len(records):]
-    import torch  # noqa: F401  (the writer needs it; imported before the clock starts: a one-off 2-4 s)
-
     started = time.perf_counter()
     speech_done = 0.0
     hours = sum(r["speech_sec"] for r in records) / 3600

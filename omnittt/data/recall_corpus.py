@@ -19,7 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from omnittt.atomic import atomic_directory, atomic_write_json
+from omnittt.data.synthetic import CORPUS_RATE, VOICES, speak
 from omnittt.errors import UserError
 
 RECALL_DOMAIN = "recall"
@@ -103,18 +106,12 @@ def _write_dialogue(folder: Path, conversation_id: str, dialogue: RecallDialogue
 
 
 def _speak_to(path: Path, text: str, voice: str) -> None:
-    import soundfile as sf
-
-    from omnittt.data.synthetic import CORPUS_RATE, speak
-
     sf.write(path, speak(text, voice), CORPUS_RATE, subtype="PCM_16")
 
 
 def make_recall_corpus(target: str | Path, spec: RecallCorpusSpec, progress: Any = None) -> int:
     """Write the corpus to `target` atomically (nothing under that name if interrupted); the same spec into the
     same folder again does nothing. Returns the number of dialogues."""
-    from omnittt.data.synthetic import VOICES
-
     spec.check()
     target = Path(target)
     if target.exists():

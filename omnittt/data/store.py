@@ -18,9 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from datasets import Dataset, Features, Sequence, Value, load_from_disk
+from datasets.arrow_writer import ArrowWriter
+from datasets.utils.logging import disable_progress_bar, enable_progress_bar
 
 from omnittt.atomic import atomic_write
 from omnittt.errors import UserError
@@ -50,8 +59,6 @@ def save_sample(data_dir: str | os.PathLike, sample_id: int, sample: dict[str, A
                 before_rename: Any = None) -> str:
     """Write one sample atomically (temp name, then rename); returns its relative path. `before_rename` is
     called between the temp write and the rename (the crash tests inject faults there)."""
-    import torch
-
     rel = sample_relpath(sample_id)
 
     def write(tmp: Path) -> None:
@@ -67,9 +74,6 @@ def to_sample(speech: Any, speech_lengths: list[int], input_ids: list[int], labe
               attention_mask: list[int], conversation_id: str, turn_number: int, speaker_id: str,
               original_length: int, prefix_len: int) -> dict[str, Any]:
     """The sample dict with the contract's dtypes and shapes (`speech` float32 `[n, 1]`)."""
-    import numpy as np
-    import torch
-
     speech_t = torch.from_numpy(np.ascontiguousarray(speech, dtype=np.float32)).reshape(-1, 1)
     return {
         "speech": speech_t,
@@ -86,8 +90,6 @@ def to_sample(speech: Any, speech_lengths: list[int], input_ids: list[int], labe
 
 
 def _arrow_features() -> Any:
-    from datasets import Features, Sequence, Value
-
     return Features({
         "speech": Sequence(Value("float32")),
         "speech_lengths": Sequence(Value("int64")),
@@ -107,10 +109,6 @@ ARROW_BATCH_VALUES = 1 << 26  # speech values per record batch (int32 list offse
 
 def _arrow_batches(paths: list[str], features: Any) -> Iterator[Any]:
     """Record batches of samples, built column-wise from numpy (per-row conversion is ~10x slower)."""
-    import numpy as np
-    import pyarrow as pa
-    import torch
-
     def flush(rows: list[dict[str, Any]]) -> Any:
         columns = {}
         for key in TENSOR_KEYS:
@@ -139,13 +137,6 @@ def _arrow_batches(paths: list[str], features: Any) -> Iterator[Any]:
 def write_arrow(data_dir: str | os.PathLike, sample_paths: list[str], target: str | os.PathLike) -> None:
     """Write the given `.pt` samples, in order, as a `datasets` folder at `target` (row i = sample i):
     record batches streamed into one memory-mapped arrow file, then `save_to_disk` shards it."""
-    import shutil
-    import tempfile
-
-    from datasets import Dataset
-    from datasets.arrow_writer import ArrowWriter
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
-
     features = _arrow_features()
     scratch = Path(tempfile.mkdtemp(prefix=".arrow_cache.", dir=data_dir))
     disable_progress_bar()  # our own progress bar reports; datasets' tqdm would interleave with it
@@ -231,7 +222,6 @@ class SampleStore:
         entry = self.entry(entry_or_sample_id)
         if self.format == "arrow":
             return self._load_arrow(int(entry["sample_id"]))
-        import torch
 
         path = self.data_dir / entry["file_path"]
         try:
@@ -243,11 +233,7 @@ class SampleStore:
                             fix="delete it and rerun `omnittt preprocess`") from None
 
     def _load_arrow(self, row: int) -> dict[str, Any]:
-        import torch
-
         if self._arrow is None:
-            from datasets import load_from_disk
-
             self._arrow = load_from_disk(str(self.data_dir / ARROW_DIR)).with_format("numpy")
         data = self._arrow[row]
         sample: dict[str, Any] = {

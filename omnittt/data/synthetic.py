@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
+import soxr
 
 from omnittt.atomic import atomic_directory, atomic_write_json
 from omnittt.errors import UserError
@@ -133,9 +135,6 @@ def dialogue_specs(dialogues: int, seed: int = 0, recall_exchanges: int = 8) -> 
 
 def speak(text: str, voice: str, pitch: int = 50, speed: int = 170) -> np.ndarray:
     """espeak-ng -> int16 PCM at 24 kHz (text on stdin, so nothing in it is read as an option)."""
-    import soundfile as sf
-    import soxr
-
     done = subprocess.run(["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "--stdout"],
                           input=text.encode("utf-8"), capture_output=True, check=False)
     if done.returncode != 0 or not done.stdout:
@@ -147,8 +146,6 @@ def speak(text: str, voice: str, pitch: int = 50, speed: int = 170) -> np.ndarra
 
 
 def _write_dialogue(folder: Path, spec: DialogueSpec, audio: list[np.ndarray]) -> None:
-    import soundfile as sf
-
     json_emotion, file_emotion = spec.emotion
     turns = []
     for user_text, reply_text in spec.exchanges:

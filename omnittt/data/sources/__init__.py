@@ -10,6 +10,7 @@ audio index instead (omnittt/data/sources/librilight.py).
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,8 +88,6 @@ def source_names() -> list[str]:
 
 
 def get_source(name: str) -> ModuleType:
-    import importlib
-
     if name not in _MODULES:
         raise UserError(f"unknown source {name!r}", fix=f"use one of: auto, {', '.join(source_names())}")
     return importlib.import_module(f"omnittt.data.sources.{_MODULES[name]}")

@@ -22,6 +22,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+import soundfile as sf
+
 from omnittt.data.conversation import Conversation, Turn
 from omnittt.data.sources import ConversationRef, SourceOptions, is_inside
 from omnittt.errors import UserError
@@ -89,7 +91,6 @@ def discover(root: Path, options: SourceOptions | None = None) -> list[Conversat
     if not found:
         raise UserError(f"{root}: no Common Voice locale here (no clips/ folder)",
                         fix="point INPUT at a locale folder (clips/ + train.tsv) or a release folder")
-    import soundfile as sf
 
     require_mp3(found[0] / "clips", sf.__libsndfile_version__, sf.available_formats())
     refs = []

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -49,9 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+
 from omnittt.atomic import atomic_write, atomic_write_json
 from omnittt.data import store
 from omnittt.data.sources import ConversationRef, SourceOptions
+from omnittt.data.sources.commonvoice import mp3_unsupported
 from omnittt.errors import UserError
 
 INDEX_FILE = "audio_index.jsonl"
@@ -163,8 +167,6 @@ def _folders(root: Path, split: str | None) -> Iterator[tuple[Path, Path, str, l
 def _entry(root: Path, subset: Path, path: Path, layout: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None,
                                                                      bool]:
     """(index line, error line, lacks its .json) for one audio file of `subset` (a subset or cut folder)."""
-    import soundfile as sf
-
     rel = path.relative_to(root).as_posix()
     parts = path.relative_to(subset).parts  # speaker, book, file
 
@@ -219,31 +221,30 @@ def _check_mp3(found: list[tuple[Path, str]]) -> None:
         books = [book for speaker in _subdirs(folder)[:1] for book in _subdirs(speaker)[:1]]
         if layout != VAD_CUT or not books or not any(n.endswith(".mp3") for n in os.listdir(books[0])):
             continue
-        import soundfile as sf
-
-        from omnittt.data.sources.commonvoice import mp3_unsupported
-
         reason = mp3_unsupported(sf.__libsndfile_version__, sf.available_formats())
         if reason:
             raise UserError(f"{folder}: the cut files are MP3, but {reason}",
                             fix="pip install -U 'soundfile>=0.12' (its wheels bundle libsndfile 1.2 with MP3)")
 
 
-def build_index(root: Path, output: Path, split: str | None = None, overwrite: bool = False,
-                progress: Any = None) -> IndexSummary:
-    """Write OUTPUT/audio_index.jsonl (+ errors.jsonl, preprocessing_stats.json) for a LibriLight folder."""
-    import shutil
-
-    root, output = root.resolve(), output.resolve()
+def _clear_output(root: Path, output: Path, overwrite: bool) -> None:
+    """Refuse an output inside the input or holding other files; remove an earlier index or dataset when
+    `overwrite` (what a killed run leaves, temp files of the index, is ours to replace)."""
     if output == root or root in output.parents:
         raise UserError(f"{output}: the output lies inside the input {root}", fix="choose another --output")
-    # what a killed run leaves (temp files of the index) is ours to replace
     if output.exists() and any(not p.name.startswith(f".{INDEX_FILE}") for p in output.iterdir()):
         ours = (output / INDEX_FILE).exists() or (output / store.INDEX_FILE).exists()
         if not overwrite or not ours:
             raise UserError(f"{output}: already holds {'a dataset or index' if ours else 'other files'}",
                             fix="add --overwrite, or pick another --output" if ours else "pick another --output")
         shutil.rmtree(output)
+
+
+def build_index(root: Path, output: Path, split: str | None = None, overwrite: bool = False,
+                progress: Any = None) -> IndexSummary:
+    """Write OUTPUT/audio_index.jsonl (+ errors.jsonl, preprocessing_stats.json) for a LibriLight folder."""
+    root, output = root.resolve(), output.resolve()
+    _clear_output(root, output, overwrite)
     started = time.perf_counter()
     _check_mp3(subsets(root, split))
     found = sum(len(names) for _, _, _, names in _folders(root, split))  # a first pass, for the progress total
