@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import time
@@ -26,8 +27,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from omnittt.atomic import atomic_write_json
+import torch
+from transformers.utils import logging as hf_logging
+
+from omnittt.atomic import atomic_write_json, atomic_write_text
+from omnittt.chat import open_chat
+from omnittt.data.curriculum import STAGES
+from omnittt.data.dataset import plan_stages
+from omnittt.data.preprocess import PreprocessOptions, plan, run
+from omnittt.data.store import open_dataset
+from omnittt.data.validate import validate_dataset
 from omnittt.errors import UserError
+from omnittt.evaluation.evaluate import EvalOptions, evaluate
+from omnittt.evaluation.statistics import StatOptions
+from omnittt.inspect.run_state import MonitorSettings, RunState
+from omnittt.train.settings import TrainSettings
+from omnittt.train.setup import start_run
 
 MARKER = "quickstart.json"  # written first into --dir: marks a folder this command may replace (--overwrite)
 SUMMARY = "summary.json"
@@ -110,8 +125,6 @@ def workers() -> int:
 
 
 def preprocess_options(paths: Paths) -> Any:
-    from omnittt.data.preprocess import PreprocessOptions
-
     return PreprocessOptions(source="synthetic", input_dir=str(paths.corpus), output=str(paths.processed),
                              mini_batch_size=MINI_BATCH, workers=workers())
 
@@ -119,8 +132,6 @@ def preprocess_options(paths: Paths) -> Any:
 def train_settings(paths: Paths, profile: Profile) -> Any:
     """The tiny preset on whole conversations (`--stage none`: the synthetic corpus is far shorter than the
     8k stage's sessions). Everything but the frozen speech encoder trains, as in LLaMA-Omni's recipe."""
-    from omnittt.train.settings import TrainSettings
-
     return TrainSettings(
         preset="tiny", data=str(paths.processed), stage="none", run=str(paths.run), train="ttt,projector,llm",
         ttt_mini_batch_size=MINI_BATCH, batch_size=2, tbptt_turns=4, lr=3e-3, warmup_steps=3,
@@ -137,11 +148,6 @@ def train_command(paths: Paths, profile: Profile) -> str:
 
 
 def eval_options(paths: Paths, profile: Profile) -> Any:
-    import torch
-
-    from omnittt.evaluation.evaluate import EvalOptions
-    from omnittt.evaluation.statistics import StatOptions
-
     return EvalOptions(run=str(paths.run), data=str(paths.processed), stage="none", batch_size=4,
                        stats=StatOptions(bootstrap=profile.eval_bootstrap),
                        device="cuda" if torch.cuda.is_available() else "cpu")
@@ -173,8 +179,6 @@ class HeldOut:
 
     def verdicts(self) -> list[str]:
         """What the figures show, in words, from the figures alone."""
-        import math
-
         lines = []
         values = (self.before, self.after, self.before_swapped, self.after_swapped)
         if any(v is None or not math.isfinite(v) for v in values):
@@ -204,8 +208,6 @@ class ChatTurn:
 
 def held_out_turn(paths: Paths, conversation_id: str) -> ChatTurn:
     """The first exchange of a held-out conversation, from the raw corpus (never trained on)."""
-    from omnittt.data.store import open_dataset
-
     manifest = {str(line["conversation_id"]): line for line in open_dataset(paths.processed).manifest}
     line = manifest.get(conversation_id)
     if line is None or not line.get("source_path"):
@@ -220,8 +222,6 @@ def held_out_turn(paths: Paths, conversation_id: str) -> ChatTurn:
 
 
 def write_chat_script(paths: Paths, turn: ChatTurn) -> Path:
-    from omnittt.atomic import atomic_write_text
-
     atomic_write_text(paths.chat_script, f"# a held-out turn ({turn.conversation_id}): \"{turn.said}\"\n"
                                          f"{turn.audio.resolve()}\n/state\n")
     return paths.chat_script
@@ -311,8 +311,6 @@ class Quickstart:
         return {"dialogues": summary.dialogues, "turns": summary.turns, "audio_sec": round(summary.audio_sec, 1)}
 
     def _preprocess(self) -> dict[str, Any]:
-        from omnittt.data.preprocess import plan, run
-
         summary = self.view.run_preprocess(plan(preprocess_options(self.paths)), run)
         if not summary.stats.get("samples"):
             raise UserError(f"{self.paths.processed}: preprocessing made no samples",
@@ -321,8 +319,6 @@ class Quickstart:
                 "skipped": summary.stats["skipped"]}
 
     def _validate(self) -> dict[str, Any]:
-        from omnittt.data.validate import validate_dataset
-
         report = self.view.run_validate(lambda on_progress: validate_dataset(self.paths.processed, workers=workers(),
                                                                              on_progress=on_progress))
         atomic_write_json(self.paths.validate_report, report.to_dict())
@@ -332,18 +328,12 @@ class Quickstart:
         return {"errors": report.errors, "warnings": report.warnings, "samples": report.checked_samples}
 
     def _curriculum(self) -> dict[str, Any]:
-        from omnittt.data.curriculum import STAGES
-        from omnittt.data.dataset import plan_stages
-        from omnittt.data.store import open_dataset
-
         store = open_dataset(self.paths.processed)
         plans = plan_stages(store, list(STAGES))
         self.view.curriculum(store, plans)
         return {"stages": {plan.stage.name: len(plan.items) for plan in plans}}
 
     def _train(self) -> dict[str, Any]:
-        from omnittt.train.setup import start_run
-
         settings = train_settings(self.paths, self.profile)
 
         def prepare(console: Any) -> Any:
@@ -361,8 +351,6 @@ class Quickstart:
                 "skipped_windows": self.trainer.state.skipped, "checkpoint": str(self.trainer.last_checkpoint)}
 
     def _monitor(self) -> dict[str, Any]:
-        from omnittt.inspect.run_state import MonitorSettings, RunState
-
         state = RunState(self.paths.run, MonitorSettings())
         state.poll()
         summary = state.summary()
@@ -375,10 +363,6 @@ class Quickstart:
         return {"loss": report["runs"][0]["overall"].get("loss"), "uniform_loss": report["uniform_loss"]}
 
     def _evaluate(self, progress: Any) -> dict[str, Any]:
-        from transformers.utils import logging as hf_logging
-
-        from omnittt.evaluation.evaluate import evaluate
-
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # as chat does: no warning about the `omnittt` model type while loading
         try:
@@ -387,8 +371,6 @@ class Quickstart:
             hf_logging.set_verbosity(verbosity)
 
     def _chat(self) -> dict[str, Any]:
-        from omnittt.chat import open_chat
-
         turn = held_out_turn(self.paths, self.held_out.conversation_ids[0])
         script = write_chat_script(self.paths, turn)
         reply = self.view.run_chat(script, turn, lambda: open_chat(self.paths.run, generation={
