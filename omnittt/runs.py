@@ -1,4 +1,4 @@
-"""The one owner of opening a run (issue #20): `open_run(path) -> OpenedRun`.
+"""The one owner of opening a run: `open_run(path) -> OpenedRun`.
 
 A path names a run directory, a checkpoint inside it, or a model folder (an `omnittt export`, a checkpoint copied
 elsewhere, a released LLaMA-Omni layout). Opening it chooses the checkpoint (the committed `latest`, a step, or

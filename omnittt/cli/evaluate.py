@@ -25,8 +25,7 @@ Example: [bold]omnittt eval --run runs/tiny --data processed_data --stage 8k --b
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval", help=HELP,
-                 short_help="Loss vs position, TTT vs attention, carried vs reset state, recall.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         run: Path = typer.Option(None, "--run", help="Run directory (its latest checkpoint) or a checkpoint."),

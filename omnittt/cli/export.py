@@ -1,4 +1,5 @@
-"""`omnittt export`: a run's checkpoint as a Hugging Face directory (issue #12)."""
+"""`omnittt export`: parses, writes a run's checkpoint as a Hugging Face directory
+(`omnittt.train.export.export_checkpoint`) and prints where it went and how to load it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ Example: [bold]omnittt export runs/tiny --to exported/tiny --eval eval.json[/bol
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export", help=HELP, short_help="Export a run's checkpoint as a Hugging Face directory.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         run: Path = typer.Argument(..., help="Run directory (or a checkpoint folder inside it)."),

@@ -1,4 +1,6 @@
-"""`omnittt resume`: continue a run exactly from its latest checkpoint (issue #11)."""
+"""`omnittt resume`: continue a run exactly from its latest checkpoint. Parses, checks the run and its checkpoint
+(`omnittt.runs.open_run`) before anything starts, relaunches itself for --num-processes N, then trains through
+`omnittt.train.setup.resume_run`."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ HELP = (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("resume", help=HELP, short_help="Continue a run exactly from its latest checkpoint.")
+    @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
         run: Path = typer.Argument(..., help="Run directory (or a checkpoint inside it)."),
@@ -30,7 +32,7 @@ def register(app: typer.Typer) -> None:
         num_processes: int = typer.Option(1, "--num-processes", help="Data-parallel processes (a run trained "
                                           "with several can continue in one, or in another count)."),
     ) -> Any:
-        from omnittt.cli.train import run_prepared
+        from omnittt.cli.train import exit_with, run_prepared
         from omnittt.config import parse_dotted_overrides
         from omnittt.runs import open_run
         from omnittt.train.checkpoint import RESUME_STATES
@@ -46,8 +48,6 @@ def register(app: typer.Typer) -> None:
             argv += [arg for key, value in (("--max-steps", max_steps), ("--save-every", save_every))
                      if value is not None for arg in (key, str(value))]
             argv += [arg for item in overrides for arg in ("--set", item)]
-            from omnittt.cli.train import exit_with
-
             exit_with(launch(argv, num_processes))
             return
         changes = {"max_steps": max_steps, "save_every": save_every, **parse_dotted_overrides(overrides)}
