@@ -108,6 +108,18 @@ class TTTLlamaModel(LlamaModel):
     def ttt_modules(self) -> list[TTTBase]:
         return [layer.self_attn for layer in self.layers if isinstance(layer.self_attn, TTTBase)]
 
+    def _attention_masks(self, cache: TTTCache, inputs_embeds: torch.Tensor, full_mask: torch.Tensor | None,
+                         position_ids: torch.Tensor) -> dict[str | None, Any]:
+        """The attention mask of each mask kind the layers use ("full", "sliding"; None for TTT layers), built
+        once per forward over the cached history and this chunk."""
+        masks: dict[str | None, Any] = {None: None}
+        for kind, make in (("full", create_causal_mask), ("sliding", create_sliding_window_causal_mask)):
+            idx = cache.attention_layer_index(sliding=kind == "sliding")
+            if idx is not None:
+                masks[kind] = make(config=self.config, inputs_embeds=inputs_embeds, attention_mask=full_mask,
+                                   position_ids=position_ids, layer_idx=idx, **{CACHE_ARG: cache})
+        return masks
+
     @merge_with_config_defaults
     @capture_outputs
     def forward(
@@ -141,12 +153,7 @@ class TTTLlamaModel(LlamaModel):
         if position_ids is None:
             position_ids = attention_positions
 
-        masks: dict[str | None, Any] = {None: None}
-        for kind, make in (("full", create_causal_mask), ("sliding", create_sliding_window_causal_mask)):
-            idx = cache.attention_layer_index(sliding=kind == "sliding")
-            if idx is not None:
-                masks[kind] = make(config=self.config, inputs_embeds=inputs_embeds, attention_mask=full_mask,
-                                   position_ids=position_ids, layer_idx=idx, **{CACHE_ARG: cache})
+        masks = self._attention_masks(cache, inputs_embeds, full_mask, position_ids)
 
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids=position_ids)
