@@ -97,17 +97,22 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(handle.fileno())
 
 
+def _read_json(path: Path, fix: str, missing: str = "missing") -> Any:
+    """The JSON in `path`, or a one-line error naming the file when it is missing or not valid JSON."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: {missing}", fix=fix) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: corrupt, not valid JSON ({error})", fix=fix) from None
+
+
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     """`trainer_state.json`, or a one-line error naming the file when it is missing, unreadable or not a trainer
     state (a JSON object with an integer `step`)."""
     path = Path(checkpoint) / TRAINER_STATE_FILE
     fix = "resume from another checkpoint (write its folder name into checkpoints/latest), or start over"
-    try:
-        state = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing (an incomplete checkpoint)", fix=fix) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{path}: corrupt, not valid JSON ({error})", fix=fix) from None
+    state = _read_json(path, fix, missing="missing (an incomplete checkpoint)")
     if not isinstance(state, dict) or type(state.get("step")) is not int:
         raise UserError(f"{path}: not a trainer state (no integer step)", fix=fix)
     return state
@@ -157,12 +162,7 @@ def check_weights_match_config(checkpoint: Path, shapes: dict[str, tuple[int, ..
     checkpoint = Path(checkpoint)
     config_path = checkpoint / "config.json"
     fix = "build the model with the checkpoint's configuration: keep config.json and the weights of one save"
-    try:
-        raw = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{config_path}: missing", fix=fix) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"{config_path}: corrupt, not valid JSON ({error})", fix=fix) from None
+    raw = _read_json(config_path, fix)
     if not isinstance(raw, dict) or raw.get("model_type") != OmniTTTConfig.model_type:
         return  # not one of our checkpoints: core.loading reports what it can convert
     shapes = weight_shapes(checkpoint) if shapes is None else shapes
