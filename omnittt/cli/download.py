@@ -19,21 +19,25 @@ interruption, md5-checked, extracted into --to. [bold]librilight[/bold]: --subse
 duplicate) from dl.fbaipublicfiles.com over HTTP, resumed after an interruption, checked against the server's
 size (no checksums are published; --dry-run shows it), extracted into --to. [bold]synthetic[/bold]: spoken
 offline with espeak-ng in the DeepDialogue-xtts layout (number, name and recall dialogues with two voices).
+[bold]recall[/bold]: the memory task at scale in the conversations layout (facts, filler, questions; text user
+turns, or --spoken): thousands of dialogues in seconds, --facts/--queries/--filler/--min-filler/--filler-words
+set how many facts are held and how far apart they are asked.
 The corpus goes to --to (default: where `omnittt preprocess SOURCE` looks), so `omnittt download SOURCE`
 then `omnittt preprocess SOURCE` needs no paths.
 
 Example: [bold]omnittt download deepdialogue --subset dialogues_phi4-mini[/bold]
 Example: [bold]omnittt download librispeech --split dev-clean[/bold]
-Example: [bold]omnittt download librilight --subset small --dry-run[/bold]"""
+Example: [bold]omnittt download librilight --subset small --dry-run[/bold]
+Example: [bold]omnittt download recall --dialogues 4000 --filler 4 --min-filler 0 --to recall_train[/bold]"""
 
-SOURCES = ("synthetic", "deepdialogue", "librispeech", "librilight")
+SOURCES = ("synthetic", "recall", "deepdialogue", "librispeech", "librilight")
 
 
 def register(app: typer.Typer) -> None:
     @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
-        source: str = typer.Argument(None, help="synthetic, deepdialogue, librispeech or librilight.",
+        source: str = typer.Argument(None, help="synthetic, recall, deepdialogue, librispeech or librilight.",
                                      show_default=False),
         to: Path = typer.Option(None, "--to", help="Target folder (default: ./<source default>).",
                                 show_default=False),
@@ -51,8 +55,17 @@ def register(app: typer.Typer) -> None:
                                    "(default https://dl.fbaipublicfiles.com/librilight/data).", show_default=False),
         keep_archive: bool = typer.Option(False, "--keep-archive", help="librispeech, librilight: keep the "
                                           "archive."),
-        dialogues: int = typer.Option(20, "--dialogues", help="synthetic: number of dialogues."),
-        seed: int = typer.Option(0, "--seed", help="synthetic: the seed (same seed, same files)."),
+        dialogues: int = typer.Option(20, "--dialogues", help="synthetic, recall: number of dialogues."),
+        seed: int = typer.Option(0, "--seed", help="synthetic, recall: the seed (same seed, same files)."),
+        facts: int = typer.Option(1, "--facts", help="recall: facts stated per dialogue (held at once)."),
+        queries: int = typer.Option(None, "--queries", help="recall: facts asked (default all; the rest are "
+                                    "distractors).", show_default=False),
+        filler: int = typer.Option(4, "--filler", help="recall: filler exchanges between the facts and the "
+                                   "questions (the distance)."),
+        min_filler: int = typer.Option(None, "--min-filler", help="recall: draw the filler count from "
+                                       "MIN..--filler per dialogue (a mix of distances).", show_default=False),
+        filler_words: int = typer.Option(8, "--filler-words", help="recall: words per filler user turn."),
+        spoken: bool = typer.Option(False, "--spoken", help="recall: speak the user turns with espeak-ng."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
                                              help="synthetic: exchanges of a recall dialogue."),
     ) -> Any:
@@ -68,6 +81,12 @@ def register(app: typer.Typer) -> None:
         target = to or Path(DEFAULT_INPUT[source])
         if source == "synthetic":
             synthetic(target, dialogues, seed, recall_exchanges)
+        elif source == "recall":
+            from omnittt.data.recall_corpus import RecallCorpusSpec
+
+            recall(target, RecallCorpusSpec(dialogues=dialogues, seed=seed, facts=facts, queries=queries,
+                                            filler=filler, min_filler=min_filler, filler_words=filler_words,
+                                            spoken=spoken))
         elif source == "librispeech":
             _librispeech(target, split, mirror, keep_archive)
         elif source == "librilight":
@@ -194,3 +213,23 @@ def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) ->
     table.add_row("next", f"omnittt preprocess synthetic {summary.path}")
     console.print(table)
     return summary
+
+
+def recall(target: Path, spec: Any) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console, make_progress
+    from omnittt.data.recall_corpus import make_recall_corpus
+
+    with make_progress(transient=True) as progress:
+        make_recall_corpus(target, spec, progress=progress)
+    table = Table(title="recall corpus", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("folder", str(target))
+    table.add_row("dialogues", f"{spec.dialogues} ({'spoken' if spec.spoken else 'text'} user turns)")
+    filler = spec.filler if spec.min_filler is None else f"{spec.min_filler}-{spec.filler}"
+    table.add_row("each", f"{spec.facts} fact(s), {filler} filler exchange(s) of {spec.filler_words} words, "
+                          f"{spec.queries or spec.facts} question(s)")
+    table.add_row("next", f"omnittt preprocess conversations {target} --output {target}_processed")
+    console.print(table)

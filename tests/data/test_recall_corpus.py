@@ -72,3 +72,18 @@ def test_mixed_distances_cover_the_filler_range():
     assert counts == {1, 2, 3, 4}
     with pytest.raises(UserError, match="--min-filler"):
         RecallCorpusSpec(filler=2, min_filler=3).check()
+
+
+def test_download_recall_makes_the_corpus_and_refuses_bad_options_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from omnittt.cli import app
+
+    ok = CliRunner().invoke(app, ["download", "recall", "--dialogues", "3", "--facts", "2", "--filler", "2",
+                                  "--min-filler", "1", "--to", str(tmp_path / "c")])
+    assert ok.exit_code == 0, ok.output
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "c").rglob("metadata.json")]
+    assert len(metas) == 3 and all(m["recall"]["facts"] == 2 for m in metas)
+    bad = CliRunner().invoke(app, ["download", "recall", "--filler", "2", "--min-filler", "3", "--to",
+                                   str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "--min-filler" in bad.output and not (tmp_path / "d").exists()

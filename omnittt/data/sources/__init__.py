@@ -24,6 +24,7 @@ from omnittt.errors import UserError
 DEFAULT_INPUT: dict[str, str] = {
     "deepdialogue": "deepdialogue-xtts",
     "synthetic": "synthetic",
+    "recall": "recall_corpus",
     "librispeech": "LibriSpeech",
     "librilight": "LibriLight",
 }
