@@ -285,7 +285,7 @@ class ChatSession:
             raise UserError(f"cannot save: {exc}", fix="save between turns") from None
         header = {
             "format": STATE_FORMAT, "version": STATE_VERSION, "model": self.model_fingerprint(),
-            "history": self.history, "mask_history_bool": "attention_mask_history" in tensors, **cache_info,
+            "history": self.history, **cache_info,
         }
         path = Path(path)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={HEADER_KEY: json.dumps(header)}))

@@ -202,6 +202,32 @@ class TTTCacheLayer(LinearAttentionCacheLayerMixin):
         self.stream_position = torch.where(rows, 0, self.stream_position)
         self.reset_rows = rows.clone() if self.reset_rows is None else (self.reset_rows | rows)
 
+    def tensors(self, group: str = "state") -> dict[str, torch.Tensor]:
+        """The runtime state ("state") or the unfinished mini-batch's gradient sum ("grads") by name ({} if none);
+        a new dict, so callers cannot rebind the layer's own entries."""
+        if group not in ("state", "grads"):
+            raise ValueError(f"group must be 'state' or 'grads', got {group!r}")
+        return dict(getattr(self, group) or {})
+
+    def to_float32(self, group: str, name: str) -> None:
+        """Put one runtime tensor back to float32, keeping its graph (the FP32 enforcer's repair)."""
+        held = getattr(self, group)
+        held[name] = held[name].float()
+
+    def positions(self) -> torch.Tensor | None:
+        """The TTT stream position of every row (None before the first forward)."""
+        return self.stream_position
+
+    def current_stats(self) -> dict[str, Any]:
+        """The statistics of the last call made with `collect_ttt_stats=True`, or {} when they describe an earlier
+        state (a later call, or rows reset since)."""
+        stats = self.stats or {}
+        logged, current = stats.get("stream_position"), self.stream_position
+        if isinstance(logged, torch.Tensor) and isinstance(current, torch.Tensor) and not (
+                logged.shape == current.shape and bool(torch.equal(logged.to(current.device), current))):
+            return {}
+        return stats
+
     def state_for_report(self, init: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         """The state as the next forward will read it: rows reset individually hold their old tensors until then,
         and are reported as the learned `init` they already are (None before the first forward)."""
@@ -438,7 +464,8 @@ class TTTCache(Cache):
             if value is not None:
                 tensors[name] = value.to(torch.uint8) if value.dtype == torch.bool else value
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        return tensors, {"seen_positions": self.seen_positions, "layers": layers}
+        return tensors, {"seen_positions": self.seen_positions, "layers": layers,
+                         "mask_history_bool": self.attention_mask_history is not None}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], info: dict[str, Any],
                         device: torch.device | str = "cpu") -> None:

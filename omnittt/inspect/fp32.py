@@ -118,20 +118,14 @@ class FP32Enforcer:
 
     def _check_cache(self, cache: Any, report: FP32Report) -> None:
         for layer_idx, layer in ttt_cache_layers(cache):
-            for where, attr in (("state", "state"), ("grads", "grads")):
-                tensors = getattr(layer, attr, None)
-                if not tensors:
-                    continue
-                for name, tensor in list(tensors.items()):
-                    if not isinstance(tensor, torch.Tensor):
-                        continue
+            for where in ("state", "grads"):
+                for name, tensor in layer.tensors(where).items():
                     report.states_checked += 1
                     if dtype_name(tensor.dtype) in FULL_PRECISION_DTYPES:
                         continue
                     drift = DtypeDrift(layer_idx, where, name, dtype_name(tensor.dtype))
                     if self.auto_fix:
-                        # replace the dict entry (state is held by reference); .float() keeps the autograd graph
-                        tensors[name] = tensor.float()
+                        layer.to_float32(where, name)
                         drift.fixed = True
                     report.drifts.append(drift)
 

@@ -122,21 +122,15 @@ class ModelHealth:
 def runtime_states(cache: Any) -> Iterator[tuple[int, str, torch.Tensor]]:
     """(layer index, state name, tensor) for every runtime TTT state tensor of a `TTTCache`."""
     for layer_idx, layer in ttt_cache_layers(cache):
-        for key, tensor in (getattr(layer, "state", None) or {}).items():
-            if isinstance(tensor, torch.Tensor):
-                yield layer_idx, key, tensor
+        for key, tensor in layer.tensors("state").items():
+            yield layer_idx, key, tensor
 
 
 def ttt_cache_layers(cache: Any) -> Iterator[tuple[int, Any]]:
     """(layer index, TTTCacheLayer) pairs: `cache.ttt_layers()` when the cache offers it."""
     if cache is None:
         return
-    if hasattr(cache, "ttt_layers"):
-        yield from cache.ttt_layers()
-        return
-    for layer_idx, layer in enumerate(getattr(cache, "layers", ())):
-        if hasattr(layer, "state") and hasattr(layer, "stream_position"):
-            yield layer_idx, layer
+    yield from cache.ttt_layers()
 
 
 def _nonfinite_norms(tensors: list[torch.Tensor]) -> list[int]:

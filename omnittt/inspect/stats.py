@@ -39,22 +39,11 @@ def _row_norms(tensor: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor.detach().flatten(1), dim=1, dtype=torch.float32)
 
 
-def _stats_are_current(stats: dict[str, Any], layer: Any) -> bool:
-    """Stats describe the last call; after a reset (or a call without collect_ttt_stats) they are stale."""
-    logged = stats.get("stream_position")
-    current = getattr(layer, "stream_position", None)
-    if not isinstance(logged, torch.Tensor) or not isinstance(current, torch.Tensor):
-        return True
-    return logged.shape == current.shape and bool(torch.equal(logged.to(current.device), current))
-
-
 def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | None = None) -> dict[str, Any] | None:
     """The ttt_state fields of one TTT cache layer (without schema/step/time), or None when the layer holds no
     state and no learned init is known."""
-    stats = getattr(layer, "stats", None) or {}
-    if stats and not _stats_are_current(stats, layer):
-        stats = {}
-    position = getattr(layer, "stream_position", None)
+    stats = layer.current_stats()
+    position = layer.positions()
     found = _reported_state(layer, bool(stats), init, position)
     if found is None:
         return None
@@ -67,8 +56,7 @@ def layer_record(layer_idx: int, layer: Any, init: dict[str, torch.Tensor] | Non
 def _reported_state(layer: Any, has_stats: bool, init: dict[str, torch.Tensor] | None,
                     position: Any) -> tuple[str, dict[str, torch.Tensor]] | None:
     """(source, state tensors `[rows, ...]`) the record describes: the runtime state, else the learned init."""
-    state = {k: v for k, v in (getattr(layer, "state", None) or {}).items() if isinstance(v, torch.Tensor)}
-    if state:
+    if layer.tensors("state"):
         return ("stats" if has_stats else "state"), layer.state_for_report(init)
     if init:
         # no runtime state yet (fresh cache or full reset): the state *is* the learned init
