@@ -73,8 +73,6 @@ _CORPUS = [
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
     "I remember that. You mentioned it earlier. The answer is in what you said before. Let me recall.",
     "0 1 2 3 4 5 6 7 8 9 10 100 2024 3.14 50% $20 #1 (yes) [no] {ok} \"quoted\" 'single' - / : ; , . ! ?",
-    # every digit also as one token after a space, so a spoken-out code "4 0 7 1" is one token per digit
-    "code 0 1 2 3 4 5 6 7 8 9 0 9 8 7 6 5 4 3 2 1 0",
 ]
 
 
