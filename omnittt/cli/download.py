@@ -66,6 +66,8 @@ def register(app: typer.Typer) -> None:
                                        "MIN..--filler per dialogue (a mix of distances).", show_default=False),
         filler_words: int = typer.Option(8, "--filler-words", help="recall: words per filler user turn."),
         spoken: bool = typer.Option(False, "--spoken", help="recall: speak the user turns with espeak-ng."),
+        style: str = typer.Option("facts", "--style", help="recall: facts (keyed facts and questions) or code "
+                                  "(one code in number words, asked at the end)."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
                                              help="synthetic: exchanges of a recall dialogue."),
     ) -> Any:
@@ -86,7 +88,7 @@ def register(app: typer.Typer) -> None:
 
             recall(target, RecallCorpusSpec(dialogues=dialogues, seed=seed, facts=facts, queries=queries,
                                             filler=filler, min_filler=min_filler, filler_words=filler_words,
-                                            spoken=spoken))
+                                            spoken=spoken, style=style))
         elif source == "librispeech":
             _librispeech(target, split, mirror, keep_archive)
         elif source == "librilight":

@@ -35,6 +35,8 @@ FILLER_WORDS = ("apple", "river", "garden", "window", "music", "coffee", "letter
                 "mountain", "kitchen", "doctor", "winter", "bottle", "street", "flower", "ocean", "chair", "story")
 FILLER_REPLY = "Okay."
 FACT_REPLY = "Noted."
+STYLES = ("facts", "code")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class RecallCorpusSpec:
     filler_words: int = 8
     digits: int = 4
     spoken: bool = False
+    style: str = "facts"  # "facts": keyed facts and questions (above); "code": one code in number words (below)
 
     def check(self) -> None:
         if self.dialogues < 1:
@@ -60,6 +63,10 @@ class RecallCorpusSpec:
         if self.queries is not None and not 1 <= self.queries <= self.facts:
             raise UserError(f"--queries must be 1..{self.facts} (the facts stated), got {self.queries}",
                             fix="ask at most as many questions as there are facts")
+        if self.style not in STYLES:
+            raise UserError(f"--style must be one of {', '.join(STYLES)}, got {self.style!r}", fix="e.g. --style code")
+        if self.style == "code" and (self.facts != 1 or self.queries not in (None, 1)):
+            raise UserError("--style code states one code per dialogue", fix="drop --facts/--queries, or --style facts")
         if self.filler < 0 or self.filler_words < 1 or self.digits < 1:
             raise UserError("--filler must be >= 0, --filler-words and --digits >= 1", fix="e.g. --filler 4")
         if self.min_filler is not None and not 0 <= self.min_filler <= self.filler:
@@ -90,6 +97,22 @@ def recall_dialogue(rng: random.Random, spec: RecallCorpusSpec) -> RecallDialogu
     return RecallDialogue(exchanges, queries)
 
 
+def code_dialogue(rng: random.Random, spec: RecallCorpusSpec) -> RecallDialogue:
+    """The `code` style, the synthetic corpus' recall dialogue in text: "Please remember this code: six six zero
+    four." -> "Got it. I will remember six six zero four.", filler exchanges of random words, then "What was the
+    code I gave you at the start?" -> "The code you gave me was six six zero four." The recall probe finds the code
+    as the tail the two replies share (no query table)."""
+    code = " ".join(rng.choice(NUMBER_WORDS) for _ in range(spec.digits))
+    exchanges = [(f"Please remember this code: {code}.", f"Got it. I will remember {code}.")]
+    fillers = spec.filler if spec.min_filler is None else rng.randint(spec.min_filler, spec.filler)
+    for _ in range(fillers):
+        words = " ".join(rng.choice(FILLER_WORDS) for _ in range(spec.filler_words))
+        reply = " ".join(rng.choice(FILLER_WORDS) for _ in range(rng.randint(3, 6)))
+        exchanges.append((f"{words.capitalize()}.", f"{reply.capitalize()}."))
+    exchanges.append(("What was the code I gave you at the start?", f"The code you gave me was {code}."))
+    return RecallDialogue(exchanges, [])
+
+
 def _write_dialogue(folder: Path, conversation_id: str, dialogue: RecallDialogue, spec: RecallCorpusSpec,
                     voice: str | None) -> None:
     folder.mkdir(parents=True)
@@ -101,7 +124,8 @@ def _write_dialogue(folder: Path, conversation_id: str, dialogue: RecallDialogue
             turn["audio_file"] = f"turn_{2 * k}.wav"
         turns += [turn, {"turn_id": 2 * k + 1, "speaker": "assistant", "role": "assistant", "text": reply}]
     meta = {"conversation_id": conversation_id, "domain": RECALL_DOMAIN, "speakers": ["user", "assistant"],
-            "recall": {"facts": spec.facts, "queries": dialogue.queries}, "turns": turns}
+            "recall": {"facts": spec.facts, **({"queries": dialogue.queries} if dialogue.queries else {})},
+            "turns": turns}
     (folder / "metadata.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
@@ -126,8 +150,8 @@ def make_recall_corpus(target: str | Path, spec: RecallCorpusSpec, progress: Any
             rng = random.Random(f"recall:{spec.seed}:{i}")
             conversation_id = f"recall_{i:06d}"
             voice = rng.choice(VOICES) if spec.spoken else None
-            _write_dialogue(tmp / "conversations" / conversation_id, conversation_id, recall_dialogue(rng, spec),
-                            spec, voice)
+            make = code_dialogue if spec.style == "code" else recall_dialogue
+            _write_dialogue(tmp / "conversations" / conversation_id, conversation_id, make(rng, spec), spec, voice)
             if task is not None:
                 progress.advance(task)
         atomic_write_json(tmp / MARKER, asdict(spec))

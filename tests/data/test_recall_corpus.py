@@ -87,3 +87,28 @@ def test_download_recall_makes_the_corpus_and_refuses_bad_options_in_one_line(tm
     bad = CliRunner().invoke(app, ["download", "recall", "--filler", "2", "--min-filler", "3", "--to",
                                    str(tmp_path / "d")])
     assert bad.exit_code == 2 and "--min-filler" in bad.output and not (tmp_path / "d").exists()
+
+
+def test_code_style_is_the_synthetic_recall_dialogue_and_the_probe_finds_its_code(tmp_path):
+    from omnittt.core.tokenizer import load_tokenizer
+    from omnittt.data.dataset import ConversationDataset
+    from omnittt.data.preprocess import PreprocessOptions, preprocess
+    from omnittt.evaluation.recall import find_recall_items
+
+    spec = RecallCorpusSpec(dialogues=5, style="code", filler=3, min_filler=0, filler_words=4, seed=2)
+    make_recall_corpus(tmp_path / "c", spec)
+    codes = {}
+    for path in (tmp_path / "c").rglob("metadata.json"):
+        meta = json.loads(path.read_text())
+        first, last = meta["turns"][0]["text"], meta["turns"][-1]["text"]
+        code = first.removeprefix("Please remember this code: ").rstrip(".")
+        assert last == f"The code you gave me was {code}." and len(code.split()) == 4
+        assert all(code not in turn["text"] for turn in meta["turns"][2:-2])
+        codes[meta["conversation_id"]] = code
+    preprocess(PreprocessOptions(source="conversations", input_dir=str(tmp_path / "c"), output=str(tmp_path / "d"),
+                                 mini_batch_size=16, workers=1))
+    dataset = ConversationDataset(tmp_path / "d")
+    items = find_recall_items(dataset, load_tokenizer(dataset.store.tokenizer_dir))
+    assert {item.dialogue_id: item.answer_text for item in items} == codes
+    with pytest.raises(UserError, match="one code"):
+        RecallCorpusSpec(style="code", facts=2).check()
