@@ -16,6 +16,7 @@ from transformers import GenerationMixin, LlamaConfig, PreTrainedConfig, PreTrai
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from omnittt.core.audio_objective import build_audio_head
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.hf_compat import CACHE_ARG, CACHE_FIELD, output_cache, take_cache
 from omnittt.core.speech import FULL_POSITIONS, SEGMENT_SAMPLES, SPEECH_POSITION_MODES
@@ -108,6 +109,7 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
             projector_dim=config.speech_projector_dim,
         )
         self.language_model = TTTLlamaForCausalLM(config.text_config)
+        build_audio_head(self)  # only a model configured for the audio objective has one (audio_objective.py)
         self.post_init()
 
     # -- embeddings -----------------------------------------------------------------------------------------
