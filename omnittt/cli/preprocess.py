@@ -206,7 +206,9 @@ def _audio_index(options: Any) -> None:
     root = resolve_input(options.source, options.input_dir)
     with make_progress(transient=True) as progress:
         summary = librilight.build_index(root, Path(options.output), split=options.split,
-                                         overwrite=options.overwrite, progress=progress)
+                                         overwrite=options.overwrite, progress=progress,
+                                         settings={"mini_batch_size": options.mini_batch_size,
+                                                   "speech_positions": options.speech_positions})
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items()) or "none"
     console.print(Panel(
         f"librilight is audio-only (no transcripts, no conversations): [bold]no samples[/bold] were made.\n"

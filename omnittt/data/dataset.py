@@ -25,6 +25,7 @@ from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.features import build_feature_extractor, log_mel
 from omnittt.core.speech import padding_for, sample_positions
 from omnittt.core.tokenizer import chat_tokens, load_tokenizer
+from omnittt.data.audio_index_store import AudioIndexStore, is_audio_index
 from omnittt.data.curriculum import STAGES, Stage, get_stage
 from omnittt.data.sessions import (
     ExchangeRef,
@@ -41,7 +42,10 @@ FINISHED_TURN = -1  # turn_number of the all-pad exchange fed to a row whose con
 
 
 def _open(data: Any) -> Any:
-    return data if isinstance(data, SampleStore) else open_dataset(data)
+    """A processed dataset, or an audio index (long recordings for the audio objective, read as one)."""
+    if isinstance(data, SampleStore | AudioIndexStore):
+        return data
+    return AudioIndexStore(data) if is_audio_index(data) else open_dataset(data)
 
 
 def dataset_prefix_len(store: Any) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from omnittt.atomic import atomic_write_json, atomic_write_text
+from omnittt.data.sources.librilight import INDEX_FILE as AUDIO_INDEX_FILE
 from omnittt.data.store import MANIFEST_FILE
 from omnittt.errors import UserError
 from omnittt.inspect.schemas import (
@@ -36,8 +37,12 @@ SPLITS_FILE = "splits.json"
 
 
 def dataset_fingerprint(data: str | os.PathLike) -> str:
-    """What identifies a processed dataset: the sha256 of its manifest (every conversation and its samples)."""
-    return hashlib.sha256((Path(data) / MANIFEST_FILE).read_bytes()).hexdigest()[:16]
+    """What identifies a processed dataset: the sha256 of its manifest (every conversation and its samples); for
+    an audio index (long recordings, no manifest), of the index."""
+    path = Path(data) / MANIFEST_FILE
+    if not path.is_file() and (Path(data) / AUDIO_INDEX_FILE).is_file():
+        path = Path(data) / AUDIO_INDEX_FILE
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 class RunDir:

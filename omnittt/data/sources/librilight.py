@@ -241,8 +241,10 @@ def _clear_output(root: Path, output: Path, overwrite: bool) -> None:
 
 
 def build_index(root: Path, output: Path, split: str | None = None, overwrite: bool = False,
-                progress: Any = None) -> IndexSummary:
-    """Write OUTPUT/audio_index.jsonl (+ errors.jsonl, preprocessing_stats.json) for a LibriLight folder."""
+                progress: Any = None, settings: dict[str, Any] | None = None) -> IndexSummary:
+    """Write OUTPUT/audio_index.jsonl (+ errors.jsonl, preprocessing_stats.json) for a LibriLight folder.
+    `settings` (mini_batch_size, speech_positions, segment_sec) are recorded in the stats for the training view
+    of the index (omnittt/data/audio_index_store.py)."""
     root, output = root.resolve(), output.resolve()
     _clear_output(root, output, overwrite)
     started = time.perf_counter()
@@ -287,7 +289,8 @@ def build_index(root: Path, output: Path, split: str | None = None, overwrite: b
              "speech_sec": round(seconds, 3),
              "speech_hours": round(seconds / 3600, 4), "without_metadata": without_metadata, "skipped": skipped,
              "errors": len(errors), "elapsed_sec": round(time.perf_counter() - started, 3),
-             "speakers": len(speakers), "books": len(books), "recordings": len(recordings)}
+             "speakers": len(speakers), "books": len(books), "recordings": len(recordings),
+             "settings": dict(settings or {})}
     store.write_jsonl(output / store.ERRORS_FILE, errors)
     atomic_write_json(output / store.STATS_FILE, stats)
     os.replace(staged, output / INDEX_FILE)  # last: its presence means complete
