@@ -61,6 +61,12 @@ def register(app: typer.Typer) -> None:
         num_threads: int = typer.Option(None, "--num-threads", help="torch CPU threads (restored on resume)."),
         resume_from: Path = typer.Option(None, "--resume-from", help="Start from this checkpoint's weights "
                                          "(transfer / fine-tune; a run directory means its latest)."),
+        init_from: Path = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint's weights "
+                                       "only, with a fresh optimizer, schedule and step (= --resume-from CKPT "
+                                       "--reset-optimizer --reset-step), e.g. after audio pre-training."),
+        objective: str = typer.Option(None, "--objective", help="text (assistant replies, default) or audio "
+                                      "(pre-training on long recordings: --data an audio index of `omnittt "
+                                      "preprocess librilight`)."),
         reset_optimizer: bool = typer.Option(False, "--reset-optimizer", help="With --resume-from: fresh optimizer."),
         reset_step: bool = typer.Option(False, "--reset-step", help="With --resume-from: step and schedule from 0."),
         overrides: list[str] = typer.Option([], "--set", help="Any setting as key=value (repeatable)."),
@@ -76,6 +82,11 @@ def register(app: typer.Typer) -> None:
         from omnittt.train.settings import TrainSettings
 
         settings = TrainSettings.load_yaml(config) if config else TrainSettings()
+        if init_from is not None:
+            if resume_from is not None:
+                raise UserError("--init-from and --resume-from both name a checkpoint",
+                                fix="--init-from CKPT (weights only) or --resume-from CKPT (also its optimizer)")
+            resume_from, reset_optimizer, reset_step = init_from, True, True
         layers = None
         if ttt_layers is not None:
             try:
@@ -92,7 +103,7 @@ def register(app: typer.Typer) -> None:
             "gradient_checkpointing": gradient_checkpointing, "val_conversations": val_conversations,
             "seed": seed, "num_threads": num_threads, "resume_from": _str(resume_from),
             "allow_skip": allow_skip or None, "reset_optimizer": reset_optimizer or None,
-            "reset_step": reset_step or None, "log_with": log_with,
+            "reset_step": reset_step or None, "log_with": log_with, "objective": objective,
         }
         if preset is not None or model is not None:  # a model flag replaces the config file's model choice
             settings.preset, settings.model = preset, _str(model)

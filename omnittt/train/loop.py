@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from omnittt.atomic import atomic_write_json
+from omnittt.core.audio_objective import audio_exchange
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.core.speech import segment_positions
@@ -205,7 +206,6 @@ class Trainer:
         """Forward K exchanges carrying the stream's cache, one backward; an optimizer step when the accumulation
         is complete. Returns whether the window was healthy."""
         model = self.model
-        device = self.accelerator.device
         model.train()
         next_step = self.step + 1
         completes = self._pending_windows + 1 >= self.settings.gradient_accumulation
@@ -218,11 +218,9 @@ class Trainer:
             step = batch[k]  # loaded and featurised on access: once per exchange
             conversation_ids = list(step["conversation_ids"])
             with self.autocast():
-                out = stream.exchange(model_inputs(step, device), step["turn_number"],
-                                      collect_ttt_stats=collect and index == len(exchanges) - 1)
-            n = target_count(step["labels"])
+                total, n = self.exchange_loss(stream, step, collect_ttt_stats=collect and index == len(exchanges) - 1)
             if n:
-                loss_sum = loss_sum + out.loss.float() * n
+                loss_sum = loss_sum + total
             targets += n
             positions += real_positions(step, self.speech_mode)
             turns.append(int(step["turn_number"].max()))
@@ -256,6 +254,20 @@ class Trainer:
         if completes:
             self._optimizer_step(cache)
         return True
+
+    def exchange_loss(self, stream: ExchangeStream, step: dict[str, Any], **kwargs: Any) -> tuple[Any, int]:
+        """(summed loss, targets) of one exchange under the run's objective: the replies' cross-entropy, or the
+        audio objective over the speech positions (`omnittt.core.audio_objective`)."""
+        inputs = model_inputs(step, self.accelerator.device)
+        if self.settings.objective == "audio":
+            scored = audio_exchange(stream, inputs, step["turn_number"], **kwargs)
+            if scored.count and float(scored.total.detach()) == 0.0:  # a zero L1 on real speech is a broken feed
+                raise UserError(f"the audio objective is exactly 0 on {', '.join(step['conversation_ids'])}",
+                                fix="check the audio of these recordings (silence everywhere?) and the model")
+            return scored.total, scored.count
+        out = stream.exchange(inputs, step["turn_number"], **kwargs)
+        n = target_count(step["labels"])
+        return (out.loss.float() * n if n else 0.0), n
 
     def _agreed(self, problems: list[str]) -> list[str]:
         """This process's problems, or a note when only another process has some: all skip together."""
@@ -315,7 +327,10 @@ class Trainer:
         """Validation loss on the held-out conversations (the model goes back to train mode next window)."""
         self.val_loader.next_batch = 0
         batches = list(self.val_loader)
-        self.last_val_loss = evaluate_loss(self.model, batches, self.accelerator.device, swap_speech=swap_speech)
+        if self.settings.objective == "audio":
+            self.last_val_loss = evaluate_audio_loss(self.model, batches, self.accelerator.device)
+        else:
+            self.last_val_loss = evaluate_loss(self.model, batches, self.accelerator.device, swap_speech=swap_speech)
         return self.last_val_loss
 
     def _skip(self, problems: list[str], conversation_ids: list[str], turns: list[int]) -> None:
@@ -388,4 +403,19 @@ def evaluate_loss(model: torch.nn.Module, batches: Sequence[Any], device: torch.
             if n:
                 total += float(out.loss) * n
                 count += n
+    return total / count if count else math.nan
+
+
+@torch.no_grad()
+def evaluate_audio_loss(model: torch.nn.Module, batches: Sequence[Any], device: torch.device | str = "cpu") -> float:
+    """Mean audio-objective loss over the speech positions of `batches`, state carried as in training."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        stream = ExchangeStream(model)
+        for k in range(len(batch)):
+            step = batch[k]
+            scored = audio_exchange(stream, model_inputs(step, torch.device(device)), step["turn_number"])
+            total += float(scored.total)
+            count += scored.count
     return total / count if count else math.nan

@@ -15,6 +15,9 @@ from omnittt.errors import UserError
 
 MIXED_PRECISION = ("auto", "no", "bf16")
 LOG_WITH = (None, "tensorboard")
+# "text": cross-entropy on the assistant replies of a processed dataset; "audio": the audio objective (APC,
+# omnittt/core/audio_objective.py) on the long recordings of an audio index, no text loss
+OBJECTIVES = ("text", "audio")
 
 
 @dataclasses.dataclass
@@ -28,6 +31,9 @@ class TrainSettings(Settings):
     allow_skip: bool = False  # start a later stage without the previous one (from --model DIR or the preset)
     run: str | None = None  # default: runs/<preset or model directory name>
     train: str = "ttt,projector"  # trainable parameter groups ("all" for everything)
+    objective: str = "text"  # "text", or "audio" (pre-training on untranscribed long-form audio: --data an audio
+    # index from `omnittt preprocess librilight`; the model gets an audio head predicting apc_shift positions ahead)
+    apc_shift: int = 3  # audio objective: positions ahead (100 ms each in trim mode) the audio head predicts
 
     # model-config overrides (None: keep the preset's / checkpoint's value)
     ttt_layers: list[int] | None = None
@@ -89,6 +95,11 @@ class TrainSettings(Settings):
                      "keep_checkpoints", "fp32_check_every", "log_ttt_every", "max_nonfinite_steps"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"{name} must be >= 1 (got {getattr(self, name)})", fix=f"set {name} to 1 or more")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}",
+                            fix="use objective: text (replies) or objective: audio (long-form audio pre-training)")
+        if int(self.apc_shift) < 1:
+            raise UserError(f"apc_shift must be >= 1 (got {self.apc_shift})", fix="predict at least 1 position ahead")
         if self.log_with not in LOG_WITH:
             raise UserError(f"log_with {self.log_with!r} is not supported", fix="use --log-with tensorboard")
         if self.val_conversations < 0 or self.eval_every < 0:

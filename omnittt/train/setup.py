@@ -29,6 +29,7 @@ import torch
 from accelerate import Accelerator
 
 from omnittt.config import model_overrides
+from omnittt.core.audio_objective import add_audio_head
 from omnittt.core.features import build_feature_extractor
 from omnittt.core.loading import detect_layout, load_model
 from omnittt.core.presets import build_model, model_summary
@@ -254,9 +255,12 @@ def _prepare(settings: TrainSettings, threads: int | None, model_and_tokenizer: 
     train_ds, val_ds, stage = _datasets(settings)
     model, made_for = model_and_tokenizer()
     check_dataset_matches_model(dict(train_ds.store.settings), model, made_for, settings.data)
+    _check_objective(settings, train_ds, model)
     if settings.gradient_checkpointing:  # ours, cache passed through (never gradient_checkpointing_enable())
         model.language_model.enable_ttt_checkpointing(True)
-    tokenizer = load_tokenizer(train_ds.store.tokenizer_dir)
+    # an audio index holds no tokenizer: checkpoints keep the one the model was made for
+    tokenizer = load_tokenizer(train_ds.store.tokenizer_dir) if getattr(train_ds.store, "has_tokenizer", True) \
+        else made_for
     feature_extractor = build_feature_extractor(model.config.speech_config.num_mel_bins)
     base_lr, optimizer, summary = _optimizer(settings, model, stage)
     loader = ConversationLoader(train_ds, batch_size=settings.batch_size, shuffle=settings.shuffle,
@@ -277,6 +281,23 @@ def _prepare(settings: TrainSettings, threads: int | None, model_and_tokenizer: 
     return _Parts(settings, processes, threads, (train_ds, val_ds, stage), model, tokenizer, feature_extractor,
                   base_lr, optimizer, scheduler, loader, stage_steps, summary, speech_mode, mixed_precision,
                   accelerator)
+
+
+def _check_objective(settings: TrainSettings, train_ds: Any, model: Any) -> None:
+    """The objective must fit the data (an audio index has no reply to learn, a dataset of dialogues is not
+    speech only); the audio objective gives the model its audio head (kept from an earlier audio run)."""
+    audio_data = train_ds.store.settings.get("kind") == "audio_index"
+    if audio_data and settings.objective != "audio":
+        raise UserError(f"{settings.data} is an audio index (long recordings, no text): the text objective has "
+                        "nothing to learn from it", fix="train it with --objective audio (configs/tiny-pretrain.yaml)")
+    if settings.objective == "audio":
+        if not audio_data:
+            raise UserError(f"--objective audio trains on long recordings, and {settings.data} is a dataset of "
+                            "dialogues", fix="pass --data an audio index (`omnittt preprocess librilight`)")
+        try:
+            add_audio_head(model, settings.apc_shift)
+        except ValueError as exc:
+            raise UserError(f"{exc}", fix="keep the model's apc_shift, or pre-train a new model") from None
 
 
 def _optimizer(settings: TrainSettings, model: Any, stage: Any) -> tuple[float, Any, dict[str, Any]]:
@@ -317,7 +338,8 @@ def _finish(parts: _Parts, run: RunDir, state: TrainerState, console: Any, *, so
                                                                 feature_extractor=parts.feature_extractor)
     trainer = Trainer(settings, parts.model, parts.optimizer, parts.scheduler, parts.loader, run, total_steps,
                       parts.accelerator, speech_mode=parts.speech_mode, mixed_precision=parts.mixed_precision,
-                      extra_pretrained=(parts.tokenizer, parts.feature_extractor), state=state, console=console,
+                      extra_pretrained=tuple(x for x in (parts.tokenizer, parts.feature_extractor) if x is not None),
+                      state=state, console=console,
                       val_loader=val_loader, processes=processes)
     if settings.log_with and processes.is_main:
         trainer.scalar_loggers.append(scalar_logger(settings.log_with, run.path))
