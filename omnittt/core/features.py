@@ -19,6 +19,8 @@ from omnittt.core.speech import SAMPLE_RATE, SEGMENT_SAMPLES
 
 N_FRAMES = 3000  # Whisper's 30 s window at 100 frames/s
 LARGE_V3_MELS = 128
+_HOP = 160  # samples per mel frame
+_TAIL_SAMPLES = 600  # zeros behind the speech so the last extracted frame's STFT window (400) is all zeros
 
 
 def build_feature_extractor(n_mels: int = LARGE_V3_MELS) -> Any:
@@ -52,9 +54,22 @@ def log_mel(
     n_mels = int(feature_extractor.feature_size)
     if not arrays:
         return torch.zeros(0, n_mels, N_FRAMES), torch.zeros(0, dtype=torch.long)
-    features = feature_extractor(
-        arrays, sampling_rate=SAMPLE_RATE, padding="max_length", max_length=SEGMENT_SAMPLES,
-        truncation=True, return_tensors="np", return_attention_mask=False,
-    )["input_features"]
+    features = np.stack([_window_features(a, feature_extractor) for a in arrays])
     lengths = torch.tensor([a.shape[0] for a in arrays], dtype=torch.long)
-    return torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)), lengths
+    return torch.from_numpy(features), lengths
+
+
+def _window_features(audio: np.ndarray, feature_extractor: Any) -> np.ndarray:
+    """The segment's features over the 30 s window, equal to extracting the zero-padded window, at the cost of
+    the speech only: frames whose STFT window (n_fft 400) lies wholly in the zero padding all hold the same
+    value (the clamp floor of Whisper's normalisation), so the audio is extracted with enough zeros behind it to
+    end on such a frame, and that frame's value fills the rest of the window."""
+    padded = min(SEGMENT_SAMPLES, -(-(audio.shape[0] + _TAIL_SAMPLES) // _HOP) * _HOP)
+    head = feature_extractor(
+        [audio], sampling_rate=SAMPLE_RATE, padding="max_length", max_length=padded,
+        truncation=True, return_tensors="np", return_attention_mask=False,
+    )["input_features"][0].astype(np.float32)
+    window = np.empty((head.shape[0], N_FRAMES), dtype=np.float32)
+    window[:, : head.shape[1]] = head
+    window[:, head.shape[1]:] = head[:, -1:]
+    return window

@@ -20,7 +20,12 @@ from omnittt.core.audio_objective import build_audio_head
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.hf_compat import CACHE_ARG, CACHE_FIELD, output_cache, take_cache
 from omnittt.core.speech import FULL_POSITIONS, SEGMENT_SAMPLES, SPEECH_POSITION_MODES
-from omnittt.core.speech_encoder import SpeechProjector, encode_segments, splice_speech
+from omnittt.core.speech_encoder import (
+    SPEECH_ENCODER_WINDOWS,
+    SpeechProjector,
+    encode_segments,
+    splice_speech,
+)
 from omnittt.core.ttt_cache import TTTCache
 from omnittt.core.ttt_layer import FP32_PARAMS
 from omnittt.core.ttt_llama import TTTLlamaForCausalLM
@@ -45,6 +50,9 @@ class OmniTTTConfig(PreTrainedConfig):
     speech_projector_dim: int = 2048  # LLaMA-Omni's linear1 output
     speech_ds_rate: int = 5  # k: encoder frames concatenated per LLM position
     speech_positions: str = "trim"  # "trim": ceil(n/1600) positions per segment; "full": 300
+    # "full": the encoder sees Whisper's 30 s window (pretrained weights need it); "speech": only each segment's
+    # own frames (encoders trained from scratch; ~15x less encoder work for a 2 s turn)
+    speech_encoder_window: str = "full"
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs: Any) -> None:
@@ -53,6 +61,12 @@ class OmniTTTConfig(PreTrainedConfig):
             raise ValueError(
                 f"speech_positions must be one of {SPEECH_POSITION_MODES}, got {self.speech_positions!r}"
             )
+        if self.speech_encoder_window not in SPEECH_ENCODER_WINDOWS:
+            raise ValueError(f"speech_encoder_window must be one of {SPEECH_ENCODER_WINDOWS}, "
+                             f"got {self.speech_encoder_window!r}")
+        if self.speech_encoder_window == "speech" and self.speech_positions != "trim":
+            raise ValueError('speech_encoder_window="speech" needs speech_positions="trim" ("full" keeps 300 '
+                             "positions per segment, which the whole window feeds)")
         source = self.speech_config.max_source_positions
         if source != WHISPER_SOURCE_POSITIONS or source // self.speech_ds_rate != FULL_POSITIONS:
             raise ValueError(
@@ -129,6 +143,7 @@ class OmniTTTForCausalLM(OmniTTTPreTrainedModel, GenerationMixin):
         return encode_segments(
             self.speech_encoder, self.speech_projector, input_features, feature_lengths,
             self.config.speech_positions, out_dtype=self.get_input_embeddings().weight.dtype,
+            window=self.config.speech_encoder_window,
         )
 
     def embed_inputs(

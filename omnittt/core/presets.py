@@ -1,9 +1,11 @@
 """Model presets, the model summary checked at every load, and which group each parameter belongs to.
 
-`tiny`: random init, CPU-sized, but it keeps Whisper's 30 s window (3000 mel frames -> 1500 frames -> 300
-positions), so the speech arithmetic is the same for every preset. `llama-omni-8b`: the published shapes of
-LLaMA-Omni (Llama-3.1-8B-Instruct with GQA, Whisper-large-v3 encoder, projector 6400 -> 2048 -> 4096) with
-TTT layers 24-31 and `speech_positions="full"`, what the released weights were trained with.
+`tiny`: random init, CPU-sized; it keeps Whisper's shapes (3000 mel frames -> 1500 frames -> 300 positions per
+30 s), so the speech arithmetic is the same for every preset, but its encoder runs on each turn's speech only
+(`speech_encoder_window="speech"`), since no pretrained weights expect the padded 30 s window.
+`llama-omni-8b`: the published shapes of LLaMA-Omni (Llama-3.1-8B-Instruct with GQA, Whisper-large-v3 encoder,
+projector 6400 -> 2048 -> 4096) with TTT layers 24-31 and `speech_positions="full"`, what the released weights
+were trained with.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from omnittt.errors import UserError
 
 PRESETS = ("tiny", "llama-omni-8b")
 
-TOP_LEVEL_KEYS = ("speech_positions", "speech_projector_dim", "speech_ds_rate")
+TOP_LEVEL_KEYS = ("speech_positions", "speech_projector_dim", "speech_ds_rate", "speech_encoder_window")
 
 # Llama-3.1-8B-Instruct as released in ICTNLP/Llama-3.1-8B-Omni's config.json.
 LLAMA_31_8B: dict[str, Any] = {
@@ -132,6 +134,9 @@ def preset_config(preset: str, **overrides: Any) -> OmniTTTConfig:
                 fix="use a TTT key (ttt_layers, ttt_type, ...), a LlamaConfig attribute, speech_positions, "
                 "or speech_config={...}",
             )
+    if preset == "tiny" and top["speech_positions"] == "trim":
+        # from scratch, no pretrained weights expect the 30 s window: the encoder sees each turn's speech only
+        top.setdefault("speech_encoder_window", "speech")
     text["ttt_layers"] = sorted(int(i) for i in text["ttt_layers"])
     check_ttt_layers(text["ttt_layers"], text["num_hidden_layers"])
     if not text["ttt_layers"]:

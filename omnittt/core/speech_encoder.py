@@ -5,6 +5,11 @@ Arithmetic (one segment): 3000 mel frames -> encoder (stride 2) -> 1500 frames o
 k=5 consecutive frames -> 300 vectors of 5*d_model -> Linear-ReLU-Linear -> 300 LLM embeddings, 10 per second.
 `speech_positions="trim"` keeps the first ceil(n/1600) of them (the ones that hold speech), `"full"` all 300
 (what the released LLaMA-Omni weights saw). `omnittt.core.speech.segment_positions` is the one definition.
+
+The encoder window: pretrained Whisper was trained on the full 30 s window (speech + padding) and must see it
+(`speech_encoder_window="full"`); an encoder trained from scratch need not, so `"speech"` runs it on the frames
+behind the kept positions only, each segment attending to its own frames (the output of a segment does not depend
+on what else is in the batch). For a 2 s turn that is 200 of 3000 mel frames.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.speech import SpeechPositions, segment_positions
+
+SPEECH_ENCODER_WINDOWS = ("full", "speech")
 
 
 class SpeechProjector(nn.Module):
@@ -48,9 +56,11 @@ def encode_segments(
     feature_lengths: torch.Tensor | Sequence[int],
     mode: SpeechPositions,
     out_dtype: torch.dtype | None = None,
+    window: str = "full",
 ) -> list[torch.Tensor]:
-    """One `[positions, hidden]` tensor per segment (placeholder order). The encoder always sees the full
-    30 s window; only the frames behind kept positions go through the projector."""
+    """One `[positions, hidden]` tensor per segment (placeholder order). The encoder sees the full 30 s window
+    (`window="full"`) or only each segment's own frames (`"speech"`); only the frames behind kept positions go
+    through the projector."""
     if input_features.shape[0] != len(feature_lengths):
         raise ValueError(
             f"{input_features.shape[0]} feature rows but {len(feature_lengths)} feature lengths"
@@ -58,16 +68,39 @@ def encode_segments(
     if input_features.shape[0] == 0:
         return []
     positions = positions_per_segment(feature_lengths, mode)
-    encoder_dtype = next(encoder.parameters()).dtype
+    features = input_features.to(next(encoder.parameters()).dtype)
     frozen = not any(p.requires_grad for p in encoder.parameters())
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-        frames = encoder(input_features.to(encoder_dtype)).last_hidden_state
-    frames = frames[:, : max(positions) * projector.k]
+        if window == "speech":
+            frames = encode_speech_frames(encoder, features, [p * projector.k for p in positions])
+        else:
+            frames = encoder(features).last_hidden_state[:, : max(positions) * projector.k]
     projector_dtype = projector.linear1.weight.dtype
     embeds = projector(frames.to(projector_dtype))
     if out_dtype is not None:
         embeds = embeds.to(out_dtype)
     return [embeds[i, :p] for i, p in enumerate(positions)]
+
+
+def encode_speech_frames(encoder: nn.Module, features: torch.Tensor, frames: Sequence[int]) -> torch.Tensor:
+    """Whisper's encoder forward (convs, positions, layers, final norm) on the first `2 * max(frames)` mel frames
+    instead of the 30 s window; segment i's keys are masked beyond its own `frames[i]` encoder frames.
+    Returns `[S, max(frames), d_model]`."""
+    length = max(frames)
+    ends = torch.tensor(frames, device=features.device)[:, None]
+    # Zero what lies past a segment's end before each conv, so its edge frames see the same padding alone or
+    # batched with longer segments.
+    mel_own = (torch.arange(2 * length, device=features.device)[None, :] < 2 * ends)[:, None, :]
+    hidden = F.gelu(encoder.conv1(features[..., : 2 * length] * mel_own)) * mel_own
+    hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[:length]
+    hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
+    own = torch.arange(length, device=hidden.device)[None, :] < ends
+    mask = torch.zeros(len(frames), 1, 1, length, dtype=hidden.dtype, device=hidden.device)
+    mask = mask.masked_fill(~own[:, None, None, :], torch.finfo(hidden.dtype).min).expand(-1, 1, length, length)
+    for layer in encoder.layers:
+        hidden = layer(hidden, mask)
+    return encoder.layer_norm(hidden)
 
 
 def splice_speech(
