@@ -18,7 +18,8 @@ GLOB picks model folders, --dry-run shows the exact size first). Resumable: reru
 interruption, md5-checked, extracted into --to. [bold]librilight[/bold]: --subset small (~35 GB; medium, large,
 duplicate) from dl.fbaipublicfiles.com over HTTP, resumed after an interruption, checked against the server's
 size (no checksums are published; --dry-run shows it), extracted into --to. [bold]synthetic[/bold]: spoken
-offline with espeak-ng in the DeepDialogue-xtts layout (number, name and recall dialogues with two voices).
+offline with espeak-ng in the DeepDialogue-xtts layout (--kinds of repeat, number, name and recall dialogues; the
+answer is always in the user's speech; --voices limits the user's voices, e.g. to hold some out for eval).
 [bold]recall[/bold]: the memory task at scale in the conversations layout (facts, filler, questions; text user
 turns, or --spoken): thousands of dialogues in seconds, --facts/--queries/--filler/--min-filler/--filler-words
 set how many facts are held and how far apart they are asked.
@@ -28,6 +29,7 @@ then `omnittt preprocess SOURCE` needs no paths.
 Example: [bold]omnittt download deepdialogue --subset dialogues_phi4-mini[/bold]
 Example: [bold]omnittt download librispeech --split dev-clean[/bold]
 Example: [bold]omnittt download librilight --subset small --dry-run[/bold]
+Example: [bold]omnittt download synthetic --kinds repeat --voices en-us+m7,en-gb+f5 --to heldout_voices[/bold]
 Example: [bold]omnittt download recall --dialogues 4000 --filler 4 --min-filler 0 --to recall_train[/bold]"""
 
 SOURCES = ("synthetic", "recall", "deepdialogue", "librispeech", "librilight")
@@ -70,6 +72,11 @@ def register(app: typer.Typer) -> None:
                                   "(one code in number words, asked at the end)."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
                                              help="synthetic: exchanges of a recall dialogue."),
+        kinds: str = typer.Option("numbers,names,recall", "--kinds", help="synthetic: dialogue kinds in turn, a "
+                                  "comma list of repeat, numbers, names, recall."),
+        voices: str = typer.Option(None, "--voices", help="synthetic: the user's voices, a comma list of "
+                                   "espeak-ng voices (default all ten; e.g. hold two out for an eval corpus).",
+                                   show_default=False),
     ) -> Any:
         from omnittt.data.sources import DEFAULT_INPUT
         from omnittt.errors import UserError
@@ -82,7 +89,7 @@ def register(app: typer.Typer) -> None:
                             fix=f"use one of: {', '.join(SOURCES)} (omnittt download --list shows sizes)")
         target = to or Path(DEFAULT_INPUT[source])
         if source == "synthetic":
-            synthetic(target, dialogues, seed, recall_exchanges)
+            synthetic(target, dialogues, seed, recall_exchanges, _words(kinds), _words(voices))
         elif source == "recall":
             from omnittt.data.recall_corpus import RecallCorpusSpec
 
@@ -193,17 +200,23 @@ def _deepdialogue(target: Path, subset: str | None, workers: int, dry_run: bool)
                       f"next: omnittt preprocess deepdialogue {summary.path}")
 
 
-def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int) -> Any:
+def _words(spec: str | None) -> list[str] | None:
+    return [w.strip() for w in spec.split(",") if w.strip()] if spec is not None else None
+
+
+def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int, kinds: list[str] | None = None,
+              voices: list[str] | None = None) -> Any:
     import os
 
     from rich.table import Table
 
     from omnittt.console import console, make_progress
-    from omnittt.data.synthetic import make_synthetic_corpus
+    from omnittt.data.synthetic import KINDS, VOICES, make_synthetic_corpus
 
     with make_progress(transient=True) as progress:
         summary = make_synthetic_corpus(target, dialogues=dialogues, seed=seed, recall_exchanges=recall_exchanges,
-                                        workers=os.cpu_count() or 1, progress=progress)
+                                        workers=os.cpu_count() or 1, progress=progress, kinds=kinds or KINDS,
+                                        voices=voices or VOICES)
     table = Table(title="synthetic corpus" + ("" if summary.created else " (already there)"),
                   show_header=False, title_justify="left")
     table.add_column(style="bold")

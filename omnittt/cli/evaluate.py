@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
         min_tokens: int = typer.Option(100, "--min-tokens", help="Buckets with fewer tokens get no figure."),
         bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the intervals."),
         recall: bool = typer.Option(True, "--recall/--no-recall", help="Run the recall probe."),
+        speech_swap: bool = typer.Option(True, "--speech-swap/--no-speech-swap", help="Also score the model with "
+                                         "another conversation's speech in every turn (the control: what it takes "
+                                         "from what was said); only when the data has speech."),
         num_threads: int = typer.Option(None, "--num-threads", help="torch CPU threads."),
         device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     ) -> Any:
@@ -73,7 +76,7 @@ def register(app: typer.Typer) -> None:
             run=str(run) if run else None, model=str(model) if model else None, preset=preset,
             data=str(data) if data else None, stage=stage, baseline=str(baseline) if baseline else None,
             ttt_reset=modes[ttt_reset], batch_size=batch_size, max_conversations=max_conversations, held_out=held_out,
-            recall=recall, stats=StatOptions(min_tokens=min_tokens, bootstrap=bootstrap),
+            recall=recall, speech_swap=speech_swap, stats=StatOptions(min_tokens=min_tokens, bootstrap=bootstrap),
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         )
         with make_progress() as progress:
@@ -156,7 +159,7 @@ def render_recall(console: Any, recall: dict[str, Any]) -> None:
         table.add_column(name, justify="left" if name in ("run", "distance") else "right")
     for run in recall["runs"]:
         for key, prefix in (("all", ""), ("by_turns", "turns "), ("by_positions", "positions "),
-                            ("by_facts", "facts held ")):
+                            ("by_facts", "facts held "), ("by_task", "task ")):
             for row in run.get(key, []):
                 acc = f"{row['token_accuracy']:.1%}" if "token_accuracy" in row else "—"
                 em = f"{row['exact_match']:.1%}" if "exact_match" in row else "—"
@@ -166,6 +169,8 @@ def render_recall(console: Any, recall: dict[str, Any]) -> None:
         row = gap["all"][0]
         table.add_row(f"Δ {gap['name']}", "all", str(row["dialogues"]), _figure(row, signed=True), "",
                       f"{gap['exact_match_gain']:+.1%}", style="bold")
+        for row in gap.get("by_task", []) if len(gap.get("by_task", [])) > 1 else []:
+            table.add_row("", f"task {row['distance']}", str(row["dialogues"]), _figure(row, signed=True), "", "")
     console.print(table)
     for gap in recall["gaps"]:
         console.print(f"[dim]Δ {gap['name']}: {gap['meaning']}[/dim]")

@@ -2,14 +2,17 @@
 segments `NNN_LLMx_<emotion>.wav`, one JSON per dialogue), so `omnittt preprocess synthetic` reads it with
 the DeepDialogue source. Used by quickstart, tests, training and eval.
 
-What a model can learn from it, and what eval can check:
+What a model can learn from it, and what eval can check (every task's answer is in the user's speech only, so a
+model that does not hear cannot give it):
+- `repeat`: the user says a few digits; the reply is the digits, written (the transcript task).
 - `numbers`: the user says a number; the reply repeats it and does arithmetic on it (the reply depends on
   the speech, not only on the context).
 - `names`: the user says their name and a city; the replies use them.
-- `recall`: the user gives a code in the first exchange; after several filler exchanges they ask for it, and
-  the reply is the code (a fact from an early turn needed many turns later: the long-context test).
-Each dialogue has two different voices (LLM1 = user, LLM2 = assistant). Everything follows from the seed:
-the same seed gives byte-identical files.
+- `recall`: the user says a code in the first exchange, and the reply does not repeat it; after several filler
+  exchanges they ask for it, and the reply is the code (spoken recall: what was heard, kept in the state).
+Each dialogue has two different voices (LLM1 = user, LLM2 = assistant); `voices` limits the user's voice to a set,
+so an eval corpus can be spoken by voices no training dialogue has. Everything follows from the seed: the same
+seed gives byte-identical files.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import json
 import random
 import shutil
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -34,7 +38,8 @@ from omnittt.errors import UserError
 FOLDER = "dialogues_synthetic-espeak"
 CORPUS_RATE = 24_000  # DeepDialogue-xtts' rate, so the resampling path is exercised
 MARKER = "synthetic.json"
-KINDS = ("numbers", "names", "recall")
+KINDS = ("numbers", "names", "recall")  # the default mix
+ALL_KINDS = ("repeat", *KINDS)
 VOICES = ["en-us+m3", "en-us+f3", "en-gb+m1", "en-gb+f2", "en-us+m7", "en-us+f4", "en-gb+m4", "en-us+f1",
           "en-us+m2", "en-gb+f5"]
 NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Isabel", "Jack", "Kate", "Leo",
@@ -63,42 +68,71 @@ def number_words(n: int) -> str:
     return _ONES[n // 100] + " hundred" + ("" if rest == 0 else " and " + number_words(rest))
 
 
-def _numbers(rng: random.Random, exchanges: int) -> list[tuple[str, str]]:
+def _digits(rng: random.Random, count: int) -> str:
+    return " ".join(number_words(rng.randint(0, 9)) for _ in range(count))
+
+
+class Exchange(NamedTuple):
+    """One exchange, and what the user said that its reply needs: `answer` is the reply's ending that only the
+    speech of exchange `heard` (an index in the dialogue) gives; None: nothing to score."""
+
+    user: str
+    reply: str
+    answer: str | None = None
+    heard: int | None = None
+
+
+def _repeat(rng: random.Random, exchanges: int) -> list[Exchange]:
+    digits = [_digits(rng, 4) for _ in range(exchanges)]
+    return [Exchange(f"{d}.", f"You said {d}.", d, k) for k, d in enumerate(digits)]
+
+
+def _numbers(rng: random.Random, exchanges: int) -> list[Exchange]:
     pairs = []
-    for _ in range(exchanges):
+    for k in range(exchanges):
         n = rng.randint(1, 98)
         if rng.random() < 0.5:
-            pairs.append((f"My number is {number_words(n)}. What comes after it?",
-                          f"You said {number_words(n)}. The next number is {number_words(n + 1)}."))
+            pairs.append(Exchange(f"My number is {number_words(n)}. What comes after it?",
+                                  f"You said {number_words(n)}. The next number is {number_words(n + 1)}.",
+                                  number_words(n + 1), k))
         else:
-            pairs.append((f"Please double the number {number_words(n)}.",
-                          f"Double {number_words(n)} is {number_words(2 * n)}."))
+            pairs.append(Exchange(f"Please double the number {number_words(n)}.",
+                                  f"Double {number_words(n)} is {number_words(2 * n)}.", number_words(2 * n), k))
     return pairs
 
 
-def _filler(rng: random.Random) -> tuple[str, str]:
+def _filler(rng: random.Random) -> Exchange:
     colour, thing = rng.choice(COLOURS), rng.choice(THINGS)
     if rng.random() < 0.5:
-        return (f"I\u2019m thinking of a {colour} {thing}.", f"A {colour} {thing}, nice. Tell me more.")
+        return Exchange(f"I\u2019m thinking of a {colour} {thing}.", f"A {colour} {thing}, nice. Tell me more.")
     n = rng.randint(1, 49)
-    return (f"I have {number_words(n)} {thing}s at home.", f"{number_words(n).capitalize()} {thing}s, that is a lot.")
+    return Exchange(f"I have {number_words(n)} {thing}s at home.",
+                    f"{number_words(n).capitalize()} {thing}s, that is a lot.")
 
 
-def _names(rng: random.Random, exchanges: int) -> list[tuple[str, str]]:
+def _names(rng: random.Random, exchanges: int) -> list[Exchange]:
     name, city = rng.choice(NAMES), rng.choice(CITIES)
-    pairs = [(f"Hello, my name is {name}.", f"Nice to meet you, {name}!"),
-             (f"I live in {city}.", f"{city} is a lovely city, {name}.")]
+    pairs = [Exchange(f"Hello, my name is {name}.", f"Nice to meet you, {name}!", name, 0),
+             Exchange(f"I live in {city}.", f"{city} is a lovely city, {name}.")]
     pairs += [_filler(rng) for _ in range(max(0, exchanges - 3))]
-    pairs.append(("Do you remember my name?", f"Yes, your name is {name} and you live in {city}."))
+    pairs.append(Exchange("Do you remember my name?", f"Yes, your name is {name} and you live in {city}.",
+                          f"{name} and you live in {city}", 0))
     return pairs
 
 
-def _recall(rng: random.Random, exchanges: int) -> list[tuple[str, str]]:
-    code = " ".join(number_words(rng.randint(0, 9)) for _ in range(3))
-    pairs = [(f"Please remember this code: {code}.", f"Got it. I will remember {code}.")]
+def _recall(rng: random.Random, exchanges: int) -> list[Exchange]:
+    code = _digits(rng, 3)
+    pairs = [Exchange(f"Please remember this code: {code}.", "Got it. I will remember your code.")]
     pairs += [_filler(rng) for _ in range(exchanges - 2)]
-    pairs.append(("What was the code I gave you at the start?", f"The code you gave me was {code}."))
+    pairs.append(Exchange("What was the code I gave you at the start?", f"The code you gave me was {code}.", code, 0))
     return pairs
+
+
+def query_table(exchanges: list[Exchange]) -> list[dict[str, Any]]:
+    """The recall probe's query table (docs/data_format.md): per scored reply, its exchange, the exchange whose
+    speech holds the answer, and the answer."""
+    return [{"exchange": k, "fact_exchange": x.heard, "answer": x.answer}
+            for k, x in enumerate(exchanges) if x.answer is not None]
 
 
 @dataclass(frozen=True)
@@ -109,24 +143,31 @@ class DialogueSpec:
     pitches: tuple[int, int]
     speed: int
     emotion: tuple[str, str]
-    exchanges: list[tuple[str, str]]
+    exchanges: list[Exchange]
 
 
-def dialogue_specs(dialogues: int, seed: int = 0, recall_exchanges: int = 8) -> list[DialogueSpec]:
-    """The corpus' text and voices, decided by the seed alone."""
+def _exchanges(kind: str, rng: random.Random, recall_exchanges: int) -> list[Exchange]:
+    if kind == "repeat":
+        return _repeat(rng, rng.randint(2, 4))
+    if kind == "numbers":
+        return _numbers(rng, rng.randint(2, 4))
+    if kind == "names":
+        return _names(rng, rng.randint(3, 5))
+    return _recall(rng, recall_exchanges)
+
+
+def dialogue_specs(dialogues: int, seed: int = 0, recall_exchanges: int = 8, kinds: Sequence[str] = KINDS,
+                   voices: Sequence[str] = VOICES) -> list[DialogueSpec]:
+    """The corpus' text and voices, decided by the seed alone: kinds in turn, the user's voice from `voices`."""
     specs = []
     for i in range(dialogues):
         rng = random.Random(f"{seed}:{i}")
-        kind = KINDS[i % len(KINDS)]
-        if kind == "numbers":
-            exchanges = _numbers(rng, rng.randint(2, 4))
-        elif kind == "names":
-            exchanges = _names(rng, rng.randint(3, 5))
-        else:
-            exchanges = _recall(rng, recall_exchanges)
-        voices = tuple(rng.sample(VOICES, 2))
+        kind = kinds[i % len(kinds)]
+        exchanges = _exchanges(kind, rng, recall_exchanges)
+        user = rng.choice(list(voices))
+        pair = (user, rng.choice([v for v in VOICES if v != user]))
         specs.append(DialogueSpec(
-            stem=f"{kind}_{i + 1}_{2 * len(exchanges)}", kind=kind, voices=voices,  # type: ignore[arg-type]
+            stem=f"{kind}_{i + 1}_{2 * len(exchanges)}", kind=kind, voices=pair,
             pitches=(rng.randint(35, 65), rng.randint(35, 65)), speed=rng.randint(150, 185),
             emotion=rng.choice(EMOTIONS), exchanges=exchanges,
         ))
@@ -148,11 +189,13 @@ def speak(text: str, voice: str, pitch: int = 50, speed: int = 170) -> np.ndarra
 def _write_dialogue(folder: Path, spec: DialogueSpec, audio: list[np.ndarray]) -> None:
     json_emotion, file_emotion = spec.emotion
     turns = []
-    for user_text, reply_text in spec.exchanges:
-        turns.append({"speaker": "LLM1", "text": user_text, "emotion": json_emotion})
-        turns.append({"speaker": "LLM2", "text": reply_text, "emotion": json_emotion})
+    for exchange in spec.exchanges:
+        turns.append({"speaker": "LLM1", "text": exchange.user, "emotion": json_emotion})
+        turns.append({"speaker": "LLM2", "text": exchange.reply, "emotion": json_emotion})
+    # "recall" is ours, not DeepDialogue's: the probe's query table, which preprocessing keeps in the manifest
     data = {"domain": spec.kind, "timestamp": "2025-01-01 00:00:00", "model1": "omnittt/synthetic-espeak",
-            "model2": "omnittt/synthetic-espeak", "conversation": turns}
+            "model2": "omnittt/synthetic-espeak", "conversation": turns,
+            "recall": {"facts": 1, "queries": query_table(spec.exchanges)}}
     # ensure_ascii: like the real files, non-ASCII text (the \u2019 apostrophe) is written as \u escapes.
     (folder / f"{spec.stem}.json").write_text(json.dumps(data, indent=2, ensure_ascii=True) + "\n")
     seg_dir = folder / spec.stem / "segments"
@@ -172,6 +215,13 @@ def _write_dialogue(folder: Path, spec: DialogueSpec, audio: list[np.ndarray]) -
     (folder / spec.stem / "metadata.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
+def _check_choice(what: str, chosen: Sequence[str], known: Sequence[str]) -> None:
+    unknown = [c for c in chosen if c not in known]
+    if unknown or not chosen:
+        raise UserError(f"unknown synthetic {what} {unknown[0]!r}" if unknown else f"no synthetic {what} chosen",
+                        fix=f"choose from: {', '.join(known)}")
+
+
 @dataclass
 class SyntheticSummary:
     path: Path
@@ -182,9 +232,10 @@ class SyntheticSummary:
 
 
 def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0, recall_exchanges: int = 8,
-                          workers: int = 2, progress: Any = None) -> SyntheticSummary:
+                          workers: int = 2, progress: Any = None, kinds: Sequence[str] = KINDS,
+                          voices: Sequence[str] = VOICES) -> SyntheticSummary:
     """Write the corpus to `target` (atomically: a killed run leaves nothing under that name). If `target`
-    already holds the same corpus (same dialogues, seed and recall length) nothing is redone."""
+    already holds the same corpus (same dialogues, seed, recall length, kinds and voices) nothing is redone."""
     if shutil.which("espeak-ng") is None:
         raise UserError("espeak-ng is not installed (the synthetic corpus is spoken with it)",
                         fix="install it: apt-get install espeak-ng (or brew install espeak-ng)")
@@ -192,9 +243,11 @@ def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0
         raise UserError("--dialogues must be at least 1", fix="e.g. --dialogues 20")
     if recall_exchanges < 3:
         raise UserError("recall dialogues need at least 3 exchanges", fix="use --recall-exchanges 3 or more")
+    _check_choice("kind", kinds, ALL_KINDS)
+    _check_choice("voice", voices, VOICES)
     target = Path(target)
     params = {"dialogues": dialogues, "seed": seed, "recall_exchanges": recall_exchanges, "rate": CORPUS_RATE,
-              "layout": "deepdialogue", "folder": FOLDER}
+              "layout": "deepdialogue", "folder": FOLDER, "kinds": list(kinds), "voices": list(voices)}
     if target.exists():
         marker = target / MARKER
         old = json.loads(marker.read_text()) if marker.exists() else None
@@ -203,10 +256,10 @@ def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0
                                     created=False)
         raise UserError(f"{target}: already exists and is not this synthetic corpus",
                         fix="choose another --to, or delete the folder")
-    specs = dialogue_specs(dialogues, seed, recall_exchanges)
+    specs = dialogue_specs(dialogues, seed, recall_exchanges, kinds, voices)
     utterances = [(d, t, text, spec.voices[t % 2], spec.pitches[t % 2], spec.speed)
                   for d, spec in enumerate(specs)
-                  for t, text in enumerate(x for pair in spec.exchanges for x in pair)]
+                  for t, text in enumerate(x for exchange in spec.exchanges for x in exchange[:2])]
     audio: list[list[np.ndarray]] = [[] for _ in specs]
     task = progress.add_task("speaking", total=len(utterances)) if progress is not None else None
     with ThreadPoolExecutor(max(1, workers)) as pool:  # espeak-ng runs as subprocesses: threads suffice

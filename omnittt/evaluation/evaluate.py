@@ -43,6 +43,7 @@ class EvalOptions:
     max_conversations: int | None = None
     held_out: bool = False  # score only conversations the run never trained on
     recall: bool = True
+    speech_swap: bool = True  # also score the model with swapped speech (when the data has speech)
     stats: StatOptions = field(default_factory=StatOptions)
     device: str = "cpu"
 
@@ -96,8 +97,9 @@ def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
     _check_options(options)
     started = time.perf_counter()
     main, baseline, (dataset, data, stage) = _load_models(options)
+    swap = options.speech_swap and any(float(e.get("audio_duration_sec") or 0) > 0 for e in dataset.store.index)
     runs = runs_for(main.model, main.source, options.ttt_reset, baseline.model if baseline else None,
-                    baseline.source if baseline else "")
+                    baseline.source if baseline else "", speech_swap=swap)
     loader = ConversationLoader(dataset, batch_size=options.batch_size, shuffle=False,
                                 feature_extractor=build_feature_extractor(main.model.config.speech_config.num_mel_bins))
     scores = score_runs(runs, loader, options.device, progress=progress)
@@ -157,10 +159,13 @@ def _load_models(options: EvalOptions) -> tuple[LoadedModel, LoadedModel | None,
 
 def _recall(dataset: Any, runs: list[RunSpec], model: torch.nn.Module, scores: list[TokenScores],
             stats: StatOptions) -> dict[str, Any]:
-    """The recall probe; gaps: the reset ablation minus the carried model, and the baseline minus the first run."""
+    """The recall probe; gaps: the reset ablation minus the carried model, the swapped speech minus the model, and
+    the baseline minus the first run."""
     items = find_recall_items(dataset, load_tokenizer(dataset.store.tokenizer_dir))
-    carried = [i for i, run in enumerate(runs) if run.ttt_reset == "never" and run.model is model]
+    carried = [i for i, run in enumerate(runs)
+               if run.ttt_reset == "never" and run.model is model and run.speech == "own"]
     reset = [i for i, run in enumerate(runs) if run.ttt_reset == "every-turn"]
     pairs = [(carried[0], reset[0])] if carried and reset else []
+    pairs += [(carried[0], i) for i, run in enumerate(runs) if run.speech == "swapped" and carried]
     pairs += [(0, i) for i, run in enumerate(runs) if run.name == "baseline"]
     return recall_probe(items, [run.name for run in runs], scores, stats, pairs)

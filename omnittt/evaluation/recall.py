@@ -1,12 +1,14 @@
 """The recall probe: does the model answer a question about a fact stated exchanges earlier?
 
-Two kinds of recall dialogue (manifest `domain` "recall") are found:
-- with a query table (`omnittt.data.recall_corpus`: the manifest entry's `recall.queries` lists, per question, its
-  exchange, the exchange of its fact and the answer): one item per question, the answer tokens being the reply's
-  targets without the end-of-turn; `recall.facts` is how many facts the dialogue holds at once;
-- without one (`omnittt.data.synthetic`): the code given in the first exchange ("Please remember this code: three
-  one four.") is asked for in the last, whose reply repeats it; the answer tokens are the common tail of the two
-  replies' targets, without the final punctuation and end-of-turn.
+Two kinds of dialogue are found:
+- any dialogue with a query table (`omnittt.data.recall_corpus` and `omnittt.data.synthetic`: the manifest
+  entry's `recall.queries` lists, per question, its exchange, the exchange of its fact (or of the speech that
+  holds the answer: the same exchange for "repeat what I said") and the answer): one item per question, the
+  answer tokens being the reply's shortest ending that holds the answer, without the final punctuation and
+  end-of-turn; `recall.facts` is how many facts the dialogue holds at once; the manifest `domain` is the task;
+- a recall dialogue (`domain` "recall") without one (corpora made before the table): the code given in the
+  first exchange is asked for in the last, whose reply repeats it; the answer tokens are the common tail of the
+  two replies' targets.
 For each item (inside whatever session the stage packed it into) the probe reports the teacher-forced loss of the
 answer tokens, whether every answer token is the greedy (argmax) prediction (exact match), and the distance to the
 fact in turns and in positions, by distance, by facts held and as a needle grid (distance x facts -> exact match);
@@ -42,6 +44,7 @@ class RecallItem:
     answer_ordinals: tuple[int, ...]
     answer_text: str
     facts: int = 1  # facts the dialogue holds at once
+    task: str = RECALL_DOMAIN  # the dialogue's domain: recall, repeat, numbers, ...
 
 
 def _targets(labels: Any) -> list[int]:
@@ -72,29 +75,41 @@ def _answer_span(fact: list[int], answer: list[int], tokenizer: Any) -> tuple[in
     return _trimmed(answer, len(answer) - tail, len(answer), tokenizer)
 
 
+def _answer_ending(answer: list[int], text: str, tokenizer: Any) -> tuple[int, int]:
+    """[start, end) in `answer` of the shortest trimmed ending whose decoded text holds `text` (empty if none)."""
+    start, end = _trimmed(answer, 0, len(answer), tokenizer)
+    wanted = " ".join(text.split()).lower()
+    if wanted not in " ".join(tokenizer.decode(answer[start:end]).split()).lower():
+        return start, start
+    while start + 1 < end and wanted in " ".join(tokenizer.decode(answer[start + 1:end]).split()).lower():
+        start += 1
+    return start, end
+
+
 def _item(store: Any, tokenizer: Any, dialogue: str, conv: int, fact: tuple[int, int], ask: tuple[int, int],
-          facts: int, whole_reply: bool) -> RecallItem | None:
-    """The item asking in exchange `ask` (exchange in session, sample id) for the fact of exchange `fact`."""
+          entry: dict[str, Any], answer_text: str | None) -> RecallItem | None:
+    """The item asking in exchange `ask` (exchange in session, sample id) for the fact of exchange `fact`; the
+    answer located by its text, or (None) as the tail the two replies share."""
     answer = _targets(store.load(ask[1])["labels"])
-    if whole_reply:
-        start, end = _trimmed(answer, 0, len(answer), tokenizer)
+    if answer_text is not None:
+        start, end = _answer_ending(answer, answer_text, tokenizer)
     else:
         start, end = _answer_span(_targets(store.load(fact[1])["labels"]), answer, tokenizer)
     if end <= start:
         return None
+    facts = int((entry.get("recall") or {}).get("facts", 1))
     return RecallItem(dialogue, conv, fact[0], ask[0], tuple(range(start, end)),
-                      tokenizer.decode(answer[start:end]).strip(), facts)
+                      tokenizer.decode(answer[start:end]).strip(), facts, str(entry.get("domain", RECALL_DOMAIN)))
 
 
 def _dialogue_items(store: Any, tokenizer: Any, dialogue: str, conv: int, exchanges: list[tuple[int, int]],
                     entry: dict[str, Any]) -> list[RecallItem]:
-    recall = entry.get("recall") or {}
-    queries = recall.get("queries")
+    queries = (entry.get("recall") or {}).get("queries")
     if not queries:
-        item = _item(store, tokenizer, dialogue, conv, exchanges[0], exchanges[-1], 1, whole_reply=False)
+        item = _item(store, tokenizer, dialogue, conv, exchanges[0], exchanges[-1], entry, None)
         return [item] if item else []
     found = (_item(store, tokenizer, dialogue, conv, exchanges[q["fact_exchange"]], exchanges[q["exchange"]],
-                   int(recall.get("facts", 1)), whole_reply=True) for q in queries)
+                   entry, str(q["answer"])) for q in queries)
     return [item for item in found if item is not None]
 
 
@@ -111,8 +126,9 @@ def find_recall_items(dataset: Any, tokenizer: Any) -> list[RecallItem]:
             runs.setdefault(entry["conversation_id"], []).append((k, ref.sample_id))
         for dialogue, exchanges in runs.items():
             entry = entries.get(dialogue) or {}
-            if entry.get("domain") != RECALL_DOMAIN or len(exchanges) < 2 \
-                    or len(exchanges) != int(entry.get("num_turns", 0)):
+            probed = (entry.get("recall") or {}).get("queries") or (entry.get("domain") == RECALL_DOMAIN
+                                                                     and len(exchanges) >= 2)
+            if not probed or len(exchanges) != int(entry.get("num_turns", 0)):
                 continue
             items += _dialogue_items(store, tokenizer, dialogue, c, exchanges, entry)
     return items
@@ -151,6 +167,8 @@ def recall_probe(items: list[RecallItem], names: list[str], scores: list[TokenSc
         groups["by_positions"].append((label, np.array([x == label for x in labels])))
     facts = np.array([item.facts for item, _ in kept])
     groups["by_facts"] = [(str(f), facts == f) for f in sorted(set(facts.tolist()))]
+    tasks = np.array([item.task for item, _ in kept])
+    groups["by_task"] = [(str(t), tasks == t) for t in sorted(set(tasks.tolist()))]
     groups["all"] = [("all", np.ones(len(kept), dtype=bool))]
     out: dict[str, Any] = {
         "dialogues": len(kept), "answer_tokens": int(len(token_index)),

@@ -80,7 +80,7 @@ def build_report(runs: Sequence[RunSpec], scores: Sequence[TokenScores], vocab_s
     for run, score in zip(runs, scores, strict=True):
         overall = summarize(np.ones(score.tokens, dtype=bool), score, options)
         report["runs"].append({
-            "name": run.name, "source": run.source, "ttt_reset": run.ttt_reset,
+            "name": run.name, "source": run.source, "ttt_reset": run.ttt_reset, "speech": run.speech,
             "ttt_layers": list(getattr(run.model.config.text_config, "ttt_layers", None) or []),
             "tokens": score.tokens, "conversations": int(len(np.unique(score.conv))),
             "overall": overall, "verdict": uniform_verdict(overall["loss"], vocab_size),

@@ -11,6 +11,10 @@ Reset ablation (`every-turn`): before each exchange after the first, every TTT l
 learned init for that row; attention keeps its context. The difference to `never` is what the carried TTT state
 contributes, not what attention contributes.
 
+Speech-swap control (`speech="swapped"`): every speech segment is replaced by a segment of another conversation
+(of the same batch and exchange step, else of the step before), keeping the segment's length so positions and
+alignment are unchanged. The difference to the model with its own speech is what it takes from what was said.
+
 A non-finite per-token loss is an error (`NonFiniteEvalError`), never a figure.
 """
 
@@ -24,12 +28,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omnittt.core.constants import IGNORE_INDEX
+from omnittt.core.constants import IGNORE_INDEX, SPEECH_TOKEN_INDEX
 from omnittt.core.exchange_stream import ExchangeStream, model_inputs
 from omnittt.errors import UserError
 from omnittt.evaluation.statistics import TokenScores
 
 RESET_MODES = ("never", "every-turn")
+SPEECH_MODES = ("own", "swapped")
+SWAPPED_NAME = "model, speech swapped"
 
 
 class NonFiniteEvalError(UserError):
@@ -44,10 +50,13 @@ class RunSpec:
     model: torch.nn.Module
     ttt_reset: str = "never"
     source: str = ""
+    speech: str = "own"  # or "swapped": another conversation's speech in every segment (the control)
 
     def __post_init__(self) -> None:
         if self.ttt_reset not in RESET_MODES:
             raise UserError(f"unknown --ttt-reset {self.ttt_reset!r}", fix=f"use one of {', '.join(RESET_MODES)}")
+        if self.speech not in SPEECH_MODES:
+            raise ValueError(f"speech must be one of {SPEECH_MODES}, got {self.speech!r}")
 
 
 class _Collector:
@@ -81,6 +90,7 @@ def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str 
     for model in models.values():
         model.eval()
     loader.next_batch = 0
+    donors = _SpeechDonors()
     plan = loader.batch_plan(loader.epoch)
     total_steps = sum(max(dataset[i].num_exchanges for i in batch) for batch in plan)
     task = progress.add_task("eval", total=total_steps) if progress is not None else None
@@ -93,19 +103,57 @@ def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str 
             turn = step["turn_number"]
             offset = torch.where(turn == 0, 0, offset)
             inputs = model_inputs(step, device)
-            spliced: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            spliced: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+            swapped = donors.swap(inputs, batch.conversation_ids) if any(r.speech == "swapped" for r in runs) \
+                else inputs
             for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
-                key = id(run.model)
+                key = (id(run.model), run.speech)
                 if key not in spliced:  # speech encoded once per model, shared by its runs
-                    spliced[key] = stream.embed(inputs)
+                    spliced[key] = stream.embed(swapped if run.speech == "swapped" else inputs)
                 embeds, mask, labels = spliced[key]
                 stream.start_exchange(turn)
                 out = stream.feed(embeds, mask)
                 _collect(collectors[r], run, out.logits, mask, labels, offset, rows, k, turn, batch)
-            offset = offset + spliced[id(runs[0].model)][1].long().sum(1).cpu()
+            offset = offset + next(iter(spliced.values()))[1].long().sum(1).cpu()
             if task is not None:
                 progress.advance(task)
     return [c.finish(conversation_ids) for c in collectors]
+
+
+class _SpeechDonors:
+    """Another conversation's speech for each segment: a segment of another row of this exchange step, else the
+    last segment seen of another conversation (kept here, a few), so a batch of one conversation gets a donor."""
+
+    KEPT = 8
+
+    def __init__(self) -> None:
+        self.recent: dict[str, torch.Tensor] = {}  # conversation -> its last segment's features
+
+    def swap(self, inputs: dict[str, Any], conversation_ids: list[str]) -> dict[str, Any]:
+        features = inputs.get("input_features")
+        if features is None or not features.shape[0]:
+            return inputs
+        per_row = (inputs["input_ids"] == SPEECH_TOKEN_INDEX).sum(1).tolist()
+        owners = [cid for cid, n in zip(conversation_ids, per_row, strict=True) for _ in range(int(n))]
+        kept = [(owner, row) for owner, row in self.recent.items() if owner not in owners]
+        pool = torch.cat([features, *(row[None].to(features.device) for _, row in kept)])
+        chosen = [_donor(i, owner, owners + [owner for owner, _ in kept]) for i, owner in enumerate(owners)]
+        for owner, row in zip(owners, features, strict=True):
+            self.recent.pop(owner, None)
+            self.recent[owner] = row
+        for owner in list(self.recent)[: max(0, len(self.recent) - self.KEPT)]:
+            del self.recent[owner]
+        return {**inputs, "input_features": pool[torch.tensor(chosen, device=features.device)]}
+
+
+def _donor(i: int, owner: str, owners: list[str]) -> int:
+    """The first segment after `i` (cyclically) of another conversation."""
+    for step in range(1, len(owners)):
+        j = (i + step) % len(owners)
+        if owners[j] != owner:
+            return j
+    raise UserError(f"the speech-swap control needs speech of two conversations; {owner} is alone",
+                    fix="evaluate more than one conversation with speech, or pass --no-speech-swap")
 
 
 def _collect(collector: _Collector, run: RunSpec, logits: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
@@ -140,9 +188,9 @@ def _collect(collector: _Collector, run: RunSpec, logits: torch.Tensor, mask: to
 
 
 def runs_for(model: torch.nn.Module, source: str, ttt_reset: Iterable[str], baseline: torch.nn.Module | None,
-             baseline_source: str = "") -> list[RunSpec]:
-    """The model under each requested reset rule (the reset ablation only if it has TTT layers), then the
-    baseline (carried state)."""
+             baseline_source: str = "", speech_swap: bool = False) -> list[RunSpec]:
+    """The model under each requested reset rule (the reset ablation only if it has TTT layers), the model with
+    swapped speech (`speech_swap`), then the baseline (carried state)."""
     has_ttt = bool(getattr(model.config.text_config, "ttt_layers", None))
     runs = []
     for mode in ttt_reset:
@@ -150,6 +198,8 @@ def runs_for(model: torch.nn.Module, source: str, ttt_reset: Iterable[str], base
             continue
         name = "model" if mode == "never" else "model, TTT reset every turn"
         runs.append(RunSpec(name, model, mode, source))
+    if speech_swap:
+        runs.append(RunSpec(SWAPPED_NAME, model, "never", source, speech="swapped"))
     if baseline is not None:
         runs.append(RunSpec("baseline", baseline, "never", baseline_source))
     return runs

@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 from omnittt.cli.app import app
 from omnittt.data.sources import deepdialogue
 from omnittt.data.store import open_dataset
-from omnittt.data.synthetic import FOLDER, dialogue_specs, make_synthetic_corpus, number_words, speak
+from omnittt.data.synthetic import (
+    FOLDER,
+    VOICES,
+    dialogue_specs,
+    make_synthetic_corpus,
+    number_words,
+    query_table,
+    speak,
+)
 from omnittt.errors import UserError
 
 
@@ -69,17 +77,19 @@ def test_two_voices_and_replies_that_depend_on_the_speech(corpus):
         tsv = (corpus / "data" / FOLDER / spec.stem / "metadata.tsv").read_text().splitlines()[1:]
         actors = {row.split("\t")[2]: row.split("\t")[4] for row in tsv}
         assert actors["LLM1"] != actors["LLM2"]
-        for user, reply in spec.exchanges:
+        for user, reply, *_ in spec.exchanges:
             numbers = re.findall(r"number (?:is )?([a-z ]+?)[.?]", user)
             if spec.kind == "numbers" and numbers:
                 assert numbers[0] in reply
         if spec.kind == "names":
-            name = re.search(r"my name is (\w+)", spec.exchanges[0][0]).group(1)
-            assert name in spec.exchanges[-1][1] and name not in spec.exchanges[-1][0]
+            name = re.search(r"my name is (\w+)", spec.exchanges[0].user).group(1)
+            assert name in spec.exchanges[-1].reply and name not in spec.exchanges[-1].user
         if spec.kind == "recall":
-            code = re.search(r"code: ([a-z ]+)\.", spec.exchanges[0][0]).group(1)
-            assert len(spec.exchanges) == 6 and code in spec.exchanges[-1][1]
-            assert all(code not in user for user, _ in spec.exchanges[1:])
+            code = re.search(r"code: ([a-z ]+)\.", spec.exchanges[0].user).group(1)
+            assert len(spec.exchanges) == 6 and code in spec.exchanges[-1].reply
+            # spoken recall: the code is in the first user turn's speech only, never in a text turn before
+            assert all(code not in x.user for x in spec.exchanges[1:])
+            assert all(code not in x.reply for x in spec.exchanges[:-1])
     # The two voices of a dialogue sound different saying the same words.
     spec = specs[0]
     a, b = (speak("hello forty two", voice, pitch, spec.speed) for voice, pitch in zip(spec.voices, spec.pitches,
@@ -118,3 +128,29 @@ def test_output_size_estimate_is_close(corpus, tmp_path):
     run(the_plan)
     actual = sum(p.stat().st_size for p in (tmp_path / "o" / "samples").rglob("*.pt"))
     assert 0.8 < the_plan.estimate_bytes / actual < 1.25
+
+
+def test_kinds_voices_and_the_query_table(tmp_path):
+    """--kinds picks the dialogue kinds, --voices the user's voices (an eval corpus of voices no training
+    dialogue has), and every answer the table names is the ending of its reply and (repeat, recall) said in the
+    speech of the exchange it points to."""
+    held_out = ["en-us+m7", "en-gb+f5"]
+    specs = dialogue_specs(12, seed=1, kinds=["repeat", "recall"], voices=held_out)
+    assert {spec.kind for spec in specs} == {"repeat", "recall"}
+    assert {spec.voices[0] for spec in specs} <= set(held_out) and all(v[1] != v[0] for v in (s.voices for s in specs))
+    train = dialogue_specs(12, seed=1, kinds=["repeat"], voices=[v for v in VOICES if v not in held_out])
+    assert not {spec.voices[0] for spec in train} & set(held_out)
+    for spec in specs:
+        table = query_table(spec.exchanges)
+        assert table, spec.stem
+        for query in table:
+            reply, heard = spec.exchanges[query["exchange"]].reply, spec.exchanges[query["fact_exchange"]].user
+            assert reply.rstrip(".").endswith(query["answer"]) and query["answer"] in heard
+        if spec.kind == "repeat":
+            assert [q["exchange"] for q in table] == [q["fact_exchange"] for q in table]
+    make_synthetic_corpus(tmp_path / "c", dialogues=2, seed=1, kinds=["repeat"], voices=held_out, workers=1)
+    data = json.loads(next((tmp_path / "c" / "data" / FOLDER).glob("repeat_*.json")).read_text())
+    assert data["recall"]["queries"][0]["answer"] in data["conversation"][0]["text"]
+    for bad in ({"kinds": ["singing"]}, {"voices": ["klingon"]}, {"kinds": []}):
+        with pytest.raises(UserError, match="synthetic"):
+            make_synthetic_corpus(tmp_path / "bad", dialogues=2, **bad)

@@ -140,12 +140,18 @@ def test_random_weights_report_the_uniform_guess_level(synthetic_data, tmp_path)
     assert "uniform-guess level" in result.output and f"ln {VOCAB} = {math.log(VOCAB):.3f}" in result.output
 
 
+NUMBER_WORDS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+                "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty",
+                "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"}
+
+
 def test_recall_probe_finds_the_codes(session_scores, synthetic_data):
     from omnittt.core.tokenizer import load_tokenizer
     from omnittt.evaluation.recall import find_recall_items, recall_probe
 
     loader, _, runs, scores = session_scores
-    items = find_recall_items(loader.dataset, load_tokenizer(loader.dataset.store.tokenizer_dir))
+    found = find_recall_items(loader.dataset, load_tokenizer(loader.dataset.store.tokenizer_dir))
+    items = [item for item in found if item.task == "recall"]
     recall = {m["conversation_id"] for m in loader.dataset.store.manifest if m["domain"] == "recall"}
     packed = [cid for conv in loader.dataset.conversations for cid in conv.source_conversation_ids if cid in recall]
     assert sorted(item.dialogue_id for item in items) == sorted(packed) and len(items) >= 2
@@ -154,6 +160,10 @@ def test_recall_probe_finds_the_codes(session_scores, synthetic_data):
         words = item.answer_text.split()
         assert len(words) == 3 and set(words) <= digits
         assert item.answer_exchange - item.fact_exchange == 4  # recall_exchanges=5 in the fixture
+    # the numbers dialogues: one item per exchange, answered from that exchange's own speech
+    numbers = [item for item in found if item.task == "numbers"]
+    assert numbers and all(item.answer_exchange == item.fact_exchange for item in numbers)
+    assert all(item.answer_text and item.answer_text.split()[0] in NUMBER_WORDS for item in numbers)
     options = StatOptions(bootstrap=50, min_dialogues=len(items))
     probe = recall_probe(items, [r.name for r in runs], scores, options, [(0, 1)])
     assert probe["dialogues"] == len(items) and probe["turn_distance"] == {"min": 4, "max": 4}

@@ -103,6 +103,8 @@ def read(root: Path, ref: ConversationRef, source: str = "deepdialogue") -> Conv
         "model1": model_name(data.get("model1")),
         "model2": model_name(data.get("model2")),
         "configuration": folder_name,
+        # not in DeepDialogue itself: the recall probe's query table of omnittt's synthetic corpus
+        **({"recall": data["recall"]} if isinstance(data.get("recall"), dict) else {}),
     }
     audio_dir = json_path.with_suffix("")
     if not audio_dir.is_dir():
