@@ -52,6 +52,9 @@ def register(app: typer.Typer) -> None:
         speech_swap: bool = typer.Option(True, "--speech-swap/--no-speech-swap", help="Also score the model with "
                                          "another conversation's speech in every turn (the control: what it takes "
                                          "from what was said); only when the data has speech."),
+        position_bins: int = typer.Option(4, "--position-bins", help="Long-form audio (--data an audio index): "
+                                          "equal bins of positions into the recording for the carried-vs-reset "
+                                          "gap."),
         num_threads: int = typer.Option(None, "--num-threads", help="torch CPU threads."),
         device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     ) -> Any:
@@ -77,15 +80,22 @@ def register(app: typer.Typer) -> None:
             data=str(data) if data else None, stage=stage, baseline=str(baseline) if baseline else None,
             ttt_reset=modes[ttt_reset], batch_size=batch_size, max_conversations=max_conversations, held_out=held_out,
             recall=recall, speech_swap=speech_swap, stats=StatOptions(min_tokens=min_tokens, bootstrap=bootstrap),
+            position_bins=position_bins,
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
         )
         with make_progress() as progress:
             report = evaluate(options, progress=progress)
-        render_report(console, report)
+        if report.get("objective") == "audio":
+            render_audio_report(console, report)
+        else:
+            render_report(console, report)
         if output is not None:
             atomic_write_json(output, report)
             console.print(f"report written to [bold]{output}[/bold]")
-        if plot is not None:
+        if plot is not None and report.get("objective") == "audio":
+            console.print("[yellow]--plot draws the text report; the audio report is the table above and the "
+                          "JSON (--output)[/yellow]")
+        elif plot is not None:
             plot_report(report, plot)
             console.print(f"plot written to [bold]{plot}[/bold]")
 
@@ -142,6 +152,37 @@ def render_report(console: Any, report: dict[str, Any]) -> None:
     if "recall" in report:
         render_recall(console, report["recall"])
     render_chart(console, report)
+
+
+def render_audio_report(console: Any, report: dict[str, Any]) -> None:
+    """Long-form audio: the audio objective by position into the recording, carried vs reset, and the gap."""
+    from rich.panel import Panel
+    from rich.table import Table
+
+    head = (f"model   {report['model']}" + (f" (step {report['step']})" if report.get("step") is not None else "")
+            + f"\ndata    {report['data']} · {report['recordings']:,} " + ("held-out " if report["held_out"] else "")
+            + f"recordings · {report['exchanges']:,} segments · {report['positions']:,} positions"
+            + f"\nobjective: {report['loss']}, {report['apc_shift']} positions ahead · {report['elapsed_sec']:.1f} s")
+    console.print(Panel(head, title="omnittt eval (long-form audio)", expand=False))
+    stats = report["statistics"]
+    table = Table(title=f"audio objective vs position into the recording ({stats['confidence']:.0%} interval: "
+                        f"{stats['interval']})")
+    table.add_column("positions", style="bold")
+    table.add_column("scored", justify="right")
+    for run in report["runs"]:
+        table.add_column(run["name"], justify="right")
+    gap = report.get("gap")
+    if gap:
+        table.add_column(f"Δ {gap['name']}", justify="right")
+    for i, label in enumerate(report["bins"]):
+        cells = [_figure(run["bins"][i]) for run in report["runs"]] + ([_figure(gap["bins"][i], True)] if gap else [])
+        table.add_row(label, f"{report['runs'][0]['bins'][i]['tokens']:,}", *cells)
+    table.add_row("all", f"{report['runs'][0]['overall']['tokens']:,}",
+                  *[_figure(run["overall"]) for run in report["runs"]],
+                  *([_figure(gap["overall"], True)] if gap else []), style="bold")
+    console.print(table)
+    if gap:
+        console.print(f"[dim]Δ {gap['name']}: {gap['meaning']}[/dim]")
 
 
 def render_recall(console: Any, recall: dict[str, Any]) -> None:

@@ -64,6 +64,9 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option(None, "--split", help="librispeech: subset folder(s), comma-separated (default: "
                                   "all found); commonvoice: the TSV (default: train).", show_default=False),
         group_size: int = typer.Option(16, "--group-size", help="commonvoice: clips per pseudo-conversation."),
+        segment_sec: float = typer.Option(30.0, "--segment-sec", help="librilight: the longest segment (one "
+                                          "exchange of the audio objective), at most 30 s; VAD spans are merged "
+                                          "up to it."),
         num_shards: int = typer.Option(1, "--num-shards", help="Split the dialogues into N equal blocks (one "
                                        "per machine) ..."),
         shard_index: int = typer.Option(0, "--shard-index", help="... and process block I (0..N-1)."),
@@ -93,7 +96,7 @@ def register(app: typer.Typer) -> None:
 
             console.print(f"[bold]auto:[/bold] {options.input_dir} holds [bold]{options.source}[/bold] ({detected})")
         if options.source == "librilight":
-            _audio_index(options)
+            _audio_index(options, segment_sec)
             return
         the_plan = plan(options)
         print_plan(the_plan)
@@ -196,7 +199,7 @@ def print_summary(summary: Any) -> None:
     console.print(table)
 
 
-def _audio_index(options: Any) -> None:
+def _audio_index(options: Any, segment_sec: float) -> None:
     """librilight: no samples, an audio index for a later pre-training stage."""
     from rich.panel import Panel
 
@@ -208,7 +211,8 @@ def _audio_index(options: Any) -> None:
         summary = librilight.build_index(root, Path(options.output), split=options.split,
                                          overwrite=options.overwrite, progress=progress,
                                          settings={"mini_batch_size": options.mini_batch_size,
-                                                   "speech_positions": options.speech_positions})
+                                                   "speech_positions": options.speech_positions,
+                                                   "segment_sec": segment_sec})
     skipped = ", ".join(f"{reason} {n}" for reason, n in summary.skipped.items()) or "none"
     console.print(Panel(
         f"librilight is audio-only (no transcripts, no conversations): [bold]no samples[/bold] were made.\n"

@@ -19,6 +19,7 @@ from omnittt.core.presets import build_model
 from omnittt.core.tokenizer import build_default_tokenizer, load_tokenizer
 from omnittt.data.dataset import ConversationDataset, ConversationLoader
 from omnittt.errors import UserError
+from omnittt.evaluation.audio import audio_report, check_audio_model, score_audio
 from omnittt.evaluation.recall import find_recall_items, recall_probe
 from omnittt.evaluation.report import build_report, check_report_finite
 from omnittt.evaluation.scoring import RESET_MODES, RunSpec, runs_for, score_runs
@@ -44,6 +45,7 @@ class EvalOptions:
     held_out: bool = False  # score only conversations the run never trained on
     recall: bool = True
     speech_swap: bool = True  # also score the model with swapped speech (when the data has speech)
+    position_bins: int = 4  # long-form audio: bins of positions into the recording the gap is reported by
     stats: StatOptions = field(default_factory=StatOptions)
     device: str = "cpu"
 
@@ -97,6 +99,8 @@ def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
     _check_options(options)
     started = time.perf_counter()
     main, baseline, (dataset, data, stage) = _load_models(options)
+    if dataset.store.settings.get("kind") == "audio_index":  # long recordings: the audio objective
+        return _evaluate_audio(options, (main, baseline), dataset, (data, stage), started, progress)
     swap = options.speech_swap and any(float(e.get("audio_duration_sec") or 0) > 0 for e in dataset.store.index)
     runs = runs_for(main.model, main.source, options.ttt_reset, baseline.model if baseline else None,
                     baseline.source if baseline else "", speech_swap=swap)
@@ -120,12 +124,39 @@ def evaluate(options: EvalOptions, progress: Any = None) -> dict[str, Any]:
     return report
 
 
+def _evaluate_audio(options: EvalOptions, models: tuple[LoadedModel, LoadedModel | None], dataset: Any,
+                    where: tuple[str, str], started: float, progress: Any) -> dict[str, Any]:
+    """The audio objective on the recordings of an audio index: carried vs reset by position (evaluation/audio.py)."""
+    main, baseline = models
+    shift = check_audio_model(main.model, main.source)
+    if baseline is not None:
+        check_audio_model(baseline.model, baseline.source)
+    runs = runs_for(main.model, main.source, options.ttt_reset, baseline.model if baseline else None,
+                    baseline.source if baseline else "")
+    loader = ConversationLoader(dataset, batch_size=options.batch_size, shuffle=False,
+                                feature_extractor=build_feature_extractor(main.model.config.speech_config.num_mel_bins))
+    scores = score_audio(runs, loader, options.device, progress=progress)
+    positions = sum(conv.num_positions for conv in dataset.conversations)
+    elapsed = time.perf_counter() - started
+    meta = {"data": where[0], "stage": where[1], "held_out": options.held_out, "recordings": len(dataset),
+            "conversations": len(dataset), "positions": positions,
+            "exchanges": sum(conv.num_exchanges for conv in dataset.conversations), "model": main.source,
+            "step": main.step, "baseline": baseline.source if baseline else None, "apc_shift": shift,
+            "batch_size": options.batch_size, "elapsed_sec": round(elapsed, 2),
+            "positions_per_sec": round(positions * len(runs) / max(elapsed, 1e-9), 1)}
+    report = audio_report(runs, scores, options.stats, options.position_bins, meta)
+    check_report_finite(report)
+    return report
+
+
 def _check_options(options: EvalOptions) -> None:
     given = [name for name in ("run", "model", "preset") if getattr(options, name)]
     if len(given) != 1:
         raise UserError("give exactly one of --run RUN, --model DIR, --preset NAME"
                         + (f" (got {', '.join('--' + g for g in given)})" if given else ""),
                         fix="e.g. omnittt eval --run runs/tiny --data processed_data")
+    if options.position_bins < 1:
+        raise UserError(f"--position-bins must be at least 1, got {options.position_bins}", fix="use e.g. 4")
     if options.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}", fix="use 1 or more")
     for mode in options.ttt_reset:
