@@ -66,13 +66,29 @@ NON_MODEL_TEST_OVERRIDES = {"stage": "none", "max_steps": 1, "progress": False, 
                             "ttt_mini_batch_size": MINI_BATCH, "batch_size": 1}
 
 
+@pytest.fixture(scope="module")
+def audio_index(tmp_path_factory) -> Path:
+    """A few seconds of generated long-form audio, indexed: the data of the audio pre-training configs."""
+    from omnittt.data.longform import make_longform_corpus
+    from omnittt.data.sources.librilight import build_index
+
+    root = tmp_path_factory.mktemp("configs_audio")
+    make_longform_corpus(root / "corpus", speakers=1, books_per_speaker=1, recordings_per_book=1, seconds=6,
+                         layout="raw")
+    build_index(root / "corpus" / "small", root / "index", settings={"mini_batch_size": MINI_BATCH,
+                                                                      "segment_sec": 3.0})
+    return root / "index"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "tiny.yaml"], ids=lambda p: p.name)
-def test_other_configs_run_a_step_on_tiny(path, synthetic_data, tmp_path):
+def test_other_configs_run_a_step_on_tiny(path, synthetic_data, audio_index, tmp_path):
     """The config's non-model settings (groups, TBPTT, accumulation, checkpointing, schedule, transfer flags) on the
-    tiny preset and the test data; a fine-tune config starts from a tiny checkpoint made here."""
+    tiny preset and the test data (an audio index for the audio objective); a fine-tune config starts from a tiny
+    checkpoint made here."""
     settings = TrainSettings.load_yaml(path)
-    changes = {**NON_MODEL_TEST_OVERRIDES, "preset": "tiny", "data": str(synthetic_data), "run": str(tmp_path / "run")}
+    data = audio_index if settings.objective == "audio" else synthetic_data
+    changes = {**NON_MODEL_TEST_OVERRIDES, "preset": "tiny", "data": str(data), "run": str(tmp_path / "run")}
     if settings.resume_from:
         source = TrainSettings(preset="tiny", data=str(synthetic_data), run=str(tmp_path / "source"),
                                **NON_MODEL_TEST_OVERRIDES)
