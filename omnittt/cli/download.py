@@ -23,23 +23,28 @@ answer is always in the user's speech; --voices limits the user's voices, e.g. t
 [bold]recall[/bold]: the memory task at scale in the conversations layout (facts, filler, questions; text user
 turns, or --spoken): thousands of dialogues in seconds, --facts/--queries/--filler/--min-filler/--filler-words
 set how many facts are held and how far apart they are asked.
+[bold]longform[/bold]: long recordings for audio pre-training (`omnittt train --objective audio`), espeak-ng
+reading generated text (a voice per speaker, a vocabulary per book) in both LibriLight layouts: raw
+(<subset>/<speaker>/<book>/<file>.flac + .json voice activity) and VAD-cut (<subset>_cut/...); --speakers, --books,
+--recordings, --seconds, --layout.
 The corpus goes to --to (default: where `omnittt preprocess SOURCE` looks), so `omnittt download SOURCE`
 then `omnittt preprocess SOURCE` needs no paths.
 
 Example: [bold]omnittt download deepdialogue --subset dialogues_phi4-mini[/bold]
 Example: [bold]omnittt download librispeech --split dev-clean[/bold]
 Example: [bold]omnittt download librilight --subset small --dry-run[/bold]
+Example: [bold]omnittt download longform --speakers 4 --books 2 --recordings 2 --seconds 240[/bold]
 Example: [bold]omnittt download synthetic --kinds repeat --voices en-us+m7,en-gb+f5 --to heldout_voices[/bold]
 Example: [bold]omnittt download recall --dialogues 4000 --filler 4 --min-filler 0 --to recall_train[/bold]"""
 
-SOURCES = ("synthetic", "recall", "deepdialogue", "librispeech", "librilight")
+SOURCES = ("synthetic", "recall", "deepdialogue", "librispeech", "librilight", "longform")
 
 
 def register(app: typer.Typer) -> None:
     @app.command(help=HELP)  # name and short help: omnittt.cli.commands
     @handle_errors
     def command(
-        source: str = typer.Argument(None, help="synthetic, recall, deepdialogue, librispeech or librilight.",
+        source: str = typer.Argument(None, help="synthetic, recall, deepdialogue, librispeech, librilight or longform.",
                                      show_default=False),
         to: Path = typer.Option(None, "--to", help="Target folder (default: ./<source default>).",
                                 show_default=False),
@@ -58,7 +63,13 @@ def register(app: typer.Typer) -> None:
         keep_archive: bool = typer.Option(False, "--keep-archive", help="librispeech, librilight: keep the "
                                           "archive."),
         dialogues: int = typer.Option(20, "--dialogues", help="synthetic, recall: number of dialogues."),
-        seed: int = typer.Option(0, "--seed", help="synthetic, recall: the seed (same seed, same files)."),
+        seed: int = typer.Option(0, "--seed", help="synthetic, recall, longform: the seed (same seed, same "
+                                 "files)."),
+        speakers: int = typer.Option(3, "--speakers", help="longform: speakers (one espeak-ng voice each)."),
+        books: int = typer.Option(2, "--books", help="longform: books per speaker (a vocabulary each)."),
+        recordings: int = typer.Option(1, "--recordings", help="longform: recordings per book."),
+        seconds: float = typer.Option(180.0, "--seconds", help="longform: seconds per recording."),
+        layout: str = typer.Option("both", "--layout", help="longform: raw, cut (VAD-cut pieces) or both."),
         facts: int = typer.Option(1, "--facts", help="recall: facts stated per dialogue (held at once)."),
         queries: int = typer.Option(None, "--queries", help="recall: facts asked (default all; the rest are "
                                     "distractors).", show_default=False),
@@ -100,6 +111,9 @@ def register(app: typer.Typer) -> None:
             _librispeech(target, split, mirror, keep_archive)
         elif source == "librilight":
             _librilight(target, subset, mirror, keep_archive, dry_run)
+        elif source == "longform":
+            longform(target, dict(speakers=speakers, books_per_speaker=books, recordings_per_book=recordings,
+                                  seconds=seconds, seed=seed, layout=layout))
         else:
             _deepdialogue(target, subset, workers, dry_run)
 
@@ -228,6 +242,25 @@ def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int, ki
     table.add_row("next", f"omnittt preprocess synthetic {summary.path}")
     console.print(table)
     return summary
+
+
+def longform(target: Path, options: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from omnittt.console import console, make_progress
+    from omnittt.data.longform import make_longform_corpus
+
+    with make_progress(transient=True) as progress:
+        record = make_longform_corpus(target, progress=progress, **options)
+    table = Table(title="long-form corpus", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("folder", str(target))
+    table.add_row("recordings", f"{len(record['recordings'])} ({record['hours'] * 60:.1f} min, 16 kHz FLAC)")
+    table.add_row("layouts", {"both": "raw and VAD-cut", "raw": "raw", "cut": "VAD-cut"}[record["layout"]])
+    folder = target / (record["subset"] + ("_cut" if record["layout"] == "cut" else ""))
+    table.add_row("next", f"omnittt preprocess librilight {folder} --output DIR --mini-batch-size 16")
+    console.print(table)
 
 
 def recall(target: Path, spec: Any) -> None:

@@ -105,3 +105,16 @@ def test_the_text_objective_refuses_an_audio_index(corpus, tmp_path):
                              ttt_mini_batch_size=16, num_threads=1, progress=False)
     with pytest.raises(UserError, match="audio index"):
         start_run(settings)
+
+
+def test_download_longform_makes_the_corpus_and_refuses_a_full_folder(tmp_path):
+    from omnittt.cli.app import app
+
+    runner = CliRunner()
+    args = ["download", "longform", "--to", str(tmp_path / "lf"), "--speakers", "1", "--books", "1", "--seconds", "3",
+            "--layout", "cut"]
+    made = runner.invoke(app, args)
+    assert made.exit_code == 0, made.output
+    assert list((tmp_path / "lf" / "small_cut").glob("*/*/*_0000.flac")) and not (tmp_path / "lf" / "small").exists()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "not empty" in again.output

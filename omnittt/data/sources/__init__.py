@@ -27,6 +27,7 @@ DEFAULT_INPUT: dict[str, str] = {
     "recall": "recall_corpus",
     "librispeech": "LibriSpeech",
     "librilight": "LibriLight",
+    "longform": "longform",  # generated (omnittt.data.longform), in the LibriLight layouts
 }
 # The speaker that is the user in the dialogue task when --user-speaker is not given (None: the first
 # speaker of each conversation).
