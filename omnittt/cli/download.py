@@ -83,6 +83,9 @@ def register(app: typer.Typer) -> None:
                                   "(one code in number words, asked at the end)."),
         recall_exchanges: int = typer.Option(8, "--recall-exchanges",
                                              help="synthetic: exchanges of a recall dialogue."),
+        min_recall_exchanges: int = typer.Option(None, "--min-recall-exchanges", help="synthetic: draw a recall "
+                                                 "dialogue's exchanges from MIN..--recall-exchanges (a mix of "
+                                                 "distances, as training needs).", show_default=False),
         kinds: str = typer.Option("numbers,names,recall", "--kinds", help="synthetic: dialogue kinds in turn, a "
                                   "comma list of repeat, numbers, names, recall."),
         voices: str = typer.Option(None, "--voices", help="synthetic: the user's voices, a comma list of "
@@ -100,7 +103,7 @@ def register(app: typer.Typer) -> None:
                             fix=f"use one of: {', '.join(SOURCES)} (omnittt download --list shows sizes)")
         target = to or Path(DEFAULT_INPUT[source])
         if source == "synthetic":
-            synthetic(target, dialogues, seed, recall_exchanges, _words(kinds), _words(voices))
+            synthetic(target, dialogues, seed, recall_exchanges, _words(kinds), _words(voices), min_recall_exchanges)
         elif source == "recall":
             from omnittt.data.recall_corpus import RecallCorpusSpec
 
@@ -219,7 +222,7 @@ def _words(spec: str | None) -> list[str] | None:
 
 
 def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int, kinds: list[str] | None = None,
-              voices: list[str] | None = None) -> Any:
+              voices: list[str] | None = None, min_recall_exchanges: int | None = None) -> Any:
     import os
 
     from rich.table import Table
@@ -230,7 +233,7 @@ def synthetic(target: Path, dialogues: int, seed: int, recall_exchanges: int, ki
     with make_progress(transient=True) as progress:
         summary = make_synthetic_corpus(target, dialogues=dialogues, seed=seed, recall_exchanges=recall_exchanges,
                                         workers=os.cpu_count() or 1, progress=progress, kinds=kinds or KINDS,
-                                        voices=voices or VOICES)
+                                        voices=voices or VOICES, min_recall_exchanges=min_recall_exchanges)
     table = Table(title="synthetic corpus" + ("" if summary.created else " (already there)"),
                   show_header=False, title_justify="left")
     table.add_column(style="bold")

@@ -146,24 +146,27 @@ class DialogueSpec:
     exchanges: list[Exchange]
 
 
-def _exchanges(kind: str, rng: random.Random, recall_exchanges: int) -> list[Exchange]:
+def _exchanges(kind: str, rng: random.Random, recall_exchanges: tuple[int, int]) -> list[Exchange]:
     if kind == "repeat":
         return _repeat(rng, rng.randint(2, 4))
     if kind == "numbers":
         return _numbers(rng, rng.randint(2, 4))
     if kind == "names":
         return _names(rng, rng.randint(3, 5))
-    return _recall(rng, recall_exchanges)
+    return _recall(rng, rng.randint(*recall_exchanges))
 
 
 def dialogue_specs(dialogues: int, seed: int = 0, recall_exchanges: int = 8, kinds: Sequence[str] = KINDS,
-                   voices: Sequence[str] = VOICES) -> list[DialogueSpec]:
-    """The corpus' text and voices, decided by the seed alone: kinds in turn, the user's voice from `voices`."""
+                   voices: Sequence[str] = VOICES, min_recall_exchanges: int | None = None) -> list[DialogueSpec]:
+    """The corpus' text and voices, decided by the seed alone: kinds in turn, the user's voice from `voices`, a
+    recall dialogue's length `recall_exchanges` or drawn from `min_recall_exchanges..recall_exchanges` (a mix of
+    distances, which training needs: docs/memory.md)."""
+    lengths = (min_recall_exchanges or recall_exchanges, recall_exchanges)
     specs = []
     for i in range(dialogues):
         rng = random.Random(f"{seed}:{i}")
         kind = kinds[i % len(kinds)]
-        exchanges = _exchanges(kind, rng, recall_exchanges)
+        exchanges = _exchanges(kind, rng, lengths)
         user = rng.choice(list(voices))
         pair = (user, rng.choice([v for v in VOICES if v != user]))
         specs.append(DialogueSpec(
@@ -233,9 +236,10 @@ class SyntheticSummary:
 
 def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0, recall_exchanges: int = 8,
                           workers: int = 2, progress: Any = None, kinds: Sequence[str] = KINDS,
-                          voices: Sequence[str] = VOICES) -> SyntheticSummary:
+                          voices: Sequence[str] = VOICES, min_recall_exchanges: int | None = None,
+                          ) -> SyntheticSummary:
     """Write the corpus to `target` (atomically: a killed run leaves nothing under that name). If `target`
-    already holds the same corpus (same dialogues, seed, recall length, kinds and voices) nothing is redone."""
+    already holds the same corpus (same dialogues, seed, recall lengths, kinds and voices) nothing is redone."""
     if shutil.which("espeak-ng") is None:
         raise UserError("espeak-ng is not installed (the synthetic corpus is spoken with it)",
                         fix="install it: apt-get install espeak-ng (or brew install espeak-ng)")
@@ -243,11 +247,15 @@ def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0
         raise UserError("--dialogues must be at least 1", fix="e.g. --dialogues 20")
     if recall_exchanges < 3:
         raise UserError("recall dialogues need at least 3 exchanges", fix="use --recall-exchanges 3 or more")
+    if min_recall_exchanges is not None and not 2 <= min_recall_exchanges <= recall_exchanges:
+        raise UserError(f"--min-recall-exchanges must be 2..{recall_exchanges} (--recall-exchanges), got "
+                        f"{min_recall_exchanges}", fix="e.g. --min-recall-exchanges 2 --recall-exchanges 8")
     _check_choice("kind", kinds, ALL_KINDS)
     _check_choice("voice", voices, VOICES)
     target = Path(target)
     params = {"dialogues": dialogues, "seed": seed, "recall_exchanges": recall_exchanges, "rate": CORPUS_RATE,
-              "layout": "deepdialogue", "folder": FOLDER, "kinds": list(kinds), "voices": list(voices)}
+              "layout": "deepdialogue", "folder": FOLDER, "kinds": list(kinds), "voices": list(voices),
+              "min_recall_exchanges": min_recall_exchanges}
     if target.exists():
         marker = target / MARKER
         old = json.loads(marker.read_text()) if marker.exists() else None
@@ -256,7 +264,7 @@ def make_synthetic_corpus(target: str | Path, dialogues: int = 20, seed: int = 0
                                     created=False)
         raise UserError(f"{target}: already exists and is not this synthetic corpus",
                         fix="choose another --to, or delete the folder")
-    specs = dialogue_specs(dialogues, seed, recall_exchanges, kinds, voices)
+    specs = dialogue_specs(dialogues, seed, recall_exchanges, kinds, voices, min_recall_exchanges)
     utterances = [(d, t, text, spec.voices[t % 2], spec.pitches[t % 2], spec.speed)
                   for d, spec in enumerate(specs)
                   for t, text in enumerate(x for exchange in spec.exchanges for x in exchange[:2])]
