@@ -29,15 +29,14 @@ def register(app: typer.Typer) -> None:
     ) -> Any:
         from omnittt.console import console
         from omnittt.data.curriculum import STAGES, get_stage
-        from omnittt.data.dataset import plan_stages
-        from omnittt.data.store import open_dataset
+        from omnittt.data.dataset import open_store, plan_stages
         from omnittt.errors import UserError
 
         if write is not None and stage is None:
             raise UserError("--write needs --stage",
                             fix="e.g. omnittt curriculum --data DIR --stage 8k --write 8k.jsonl")
         stages = [get_stage(stage)] if stage is not None else list(STAGES)
-        store = open_dataset(dataset_dir(data, data_arg))
+        store = open_store(dataset_dir(data, data_arg))  # a processed dataset or an audio index
         plans = plan_stages(store, stages)
         render(store, plans, console)
         if write is not None:

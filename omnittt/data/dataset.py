@@ -41,7 +41,7 @@ from omnittt.errors import UserError
 FINISHED_TURN = -1  # turn_number of the all-pad exchange fed to a row whose conversation has ended
 
 
-def _open(data: Any) -> Any:
+def open_store(data: Any) -> Any:
     """A processed dataset, or an audio index (long recordings for the audio objective, read as one)."""
     if isinstance(data, SampleStore | AudioIndexStore):
         return data
@@ -70,7 +70,7 @@ def _index_view(store: Any) -> tuple[list[LoaderConversation], dict[int, int]]:
 def plan_stages(data: Any, stages: Sequence[Stage] | None = None) -> list[StagePlan]:
     """What each curriculum stage would train on (conversations and sessions), without loading samples
     beyond one exchange 0."""
-    store = _open(data)
+    store = open_store(data)
     conversations, first = _index_view(store)
     prefix_len = dataset_prefix_len(store)
     mbs = _mini_batch_size(store)
@@ -89,7 +89,7 @@ class ConversationDataset:
     """Conversations (or a stage's conversations and sessions) of a processed dataset, `pt` or `arrow`."""
 
     def __init__(self, data: Any, stage: Stage | str | None = None, stages: Sequence[Stage] | None = None) -> None:
-        self.store = _open(data)
+        self.store = open_store(data)
         self.mini_batch_size = _mini_batch_size(self.store)
         self.speech_positions = self.store.settings.get("speech_positions") or "trim"
         conversations, first = _index_view(self.store)
