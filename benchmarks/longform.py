@@ -89,7 +89,8 @@ def section(result: dict) -> str:
     first, last = result["first_losses"], result["last_losses"]
     lines = [
         MARKER, "",
-        f"Command: `python benchmarks/longform.py --out DIR --steps {a['steps']} --seconds {a['seconds']:g}` "
+        f"Command: `python benchmarks/longform.py --out DIR --steps {a['steps']} --seconds {a['seconds']:g} "
+        f"--segment-sec {a['segment_sec']:g} --window {a['window']} --shift {a['shift']} --ttt-lr {a['ttt_lr']:g}` "
         f"({datetime.now(timezone.utc).date()}, {platform.machine()} CPU, 2 cores shared, OMP_NUM_THREADS=1; "
         f"{result['total_sec'] / 60:.1f} min in all, training {result['train_sec'] / 60:.1f} min).",
         "",
