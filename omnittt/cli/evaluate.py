@@ -20,6 +20,11 @@ run or model (e.g. the attention-only model trained with --ttt-layers '') on the
 scores the code in the synthetic recall dialogues vs its distance to the turn that stated it. The uniform-guess
 loss ln(vocab) is printed beside every figure.
 
+Long-form audio: with --data an audio index (`omnittt preprocess librilight`) and a run pre-trained with
+--objective audio, the audio objective is scored on every speech position of every recording, with the TTT state
+carried through the recording and reset before every segment, and the gap reset - carried (with its interval) is
+reported by --position-bins bins of position into the recording.
+
 Example: [bold]omnittt eval --run runs/tiny --data processed_data --stage 8k --baseline runs/tiny-attn
 --output eval.json[/bold]"""
 
