@@ -27,7 +27,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from omnittt.atomic import atomic_write_json
+from omnittt.atomic import atomic_directory, atomic_write_json
 from omnittt.core.speech import SAMPLE_RATE
 from omnittt.data.audio_index_store import vad_chunks
 from omnittt.data.synthetic import CORPUS_RATE, speak
@@ -132,8 +132,8 @@ def make_longform_corpus(target: str | Path, speakers: int = 3, books_per_speake
                          recordings_per_book: int = 1, seconds: float = 180.0, seed: int = 0,
                          layout: str = "both", subset: str = "small", cut_sec: float = 16.0,
                          progress: Any = None) -> dict[str, Any]:
-    """Write the corpus (see the module doc) into `target`, which must be empty or absent; returns what
-    `longform.json` records."""
+    """Write the corpus (see the module doc) into `target`, which must be empty or absent (atomically: a killed
+    run leaves nothing under that name); returns what `longform.json` records."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}", fix=f"use one of {', '.join(LAYOUTS)}")
     if seconds <= 0 or not 0 < cut_sec <= 30:
@@ -144,17 +144,20 @@ def make_longform_corpus(target: str | Path, speakers: int = 3, books_per_speake
     plan = plan_recordings(speakers, books_per_speaker, recordings_per_book, seed)
     task = progress.add_task("recordings", total=len(plan)) if progress is not None else None
     total = 0.0
-    for rec in plan:
-        audio, activity = _recording_audio(rec, seconds)
-        total += len(audio) / SAMPLE_RATE
-        if layout in ("raw", "both"):
-            _write_raw(target / subset, rec, audio, activity)
-        if layout in ("cut", "both"):
-            _write_cut(target / f"{subset}_cut", rec, audio, activity, cut_sec)
-        if task is not None:
-            progress.advance(task)
-    record = {"generator": "omnittt/longform-espeak", "layout": layout, "subset": subset, "seed": seed,
-              "seconds_per_recording": seconds, "cut_sec": cut_sec, "hours": round(total / 3600, 4),
-              "recordings": [asdict(rec) for rec in plan]}
-    atomic_write_json(target / MARKER, record)
+    if target.exists():
+        target.rmdir()  # empty: the finished corpus takes its place
+    with atomic_directory(target) as tmp:
+        for rec in plan:
+            audio, activity = _recording_audio(rec, seconds)
+            total += len(audio) / SAMPLE_RATE
+            if layout in ("raw", "both"):
+                _write_raw(tmp / subset, rec, audio, activity)
+            if layout in ("cut", "both"):
+                _write_cut(tmp / f"{subset}_cut", rec, audio, activity, cut_sec)
+            if task is not None:
+                progress.advance(task)
+        record = {"generator": "omnittt/longform-espeak", "layout": layout, "subset": subset, "seed": seed,
+                  "seconds_per_recording": seconds, "cut_sec": cut_sec, "hours": round(total / 3600, 4),
+                  "recordings": [asdict(rec) for rec in plan]}
+        atomic_write_json(tmp / MARKER, record)
     return record
