@@ -287,3 +287,33 @@ def test_plot_is_a_png(tmp_path):
 
     plot_report(_small_report(), tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_speech_swap_gives_every_segment_another_conversations_speech():
+    from omnittt.evaluation.scoring import _SpeechDonors
+
+    donors = _SpeechDonors()
+    ids = torch.tensor([[1, SPEECH_TOKEN_INDEX, 2, SPEECH_TOKEN_INDEX], [1, SPEECH_TOKEN_INDEX, 2, 3], [1, 2, 3, 4]])
+    features = torch.arange(3.0)[:, None, None].expand(3, 2, 5).clone()  # segment i holds the value i
+    swapped = donors.swap({"input_ids": ids, "input_features": features}, ["a", "b", "c"])["input_features"]
+    owner_of = {0.0: "a", 1.0: "a", 2.0: "b"}
+    assert [owner_of[float(row[0, 0])] for row in swapped] == ["b", "b", "a"]
+    # a later step of one conversation alone takes the last speech seen of another
+    alone = donors.swap({"input_ids": ids[1:2], "input_features": torch.full((1, 2, 5), 7.0)}, ["b"])
+    assert float(alone["input_features"][0, 0, 0]) in (0.0, 1.0)  # a's speech, never b's own
+    with pytest.raises(UserError, match="two conversations"):
+        _SpeechDonors().swap({"input_ids": ids[1:2], "input_features": features[:1]}, ["b"])
+
+
+def test_eval_scores_the_speech_swap_control_on_the_same_tokens(synthetic_data, tmp_path):
+    from omnittt.evaluation.evaluate import EvalOptions, evaluate
+
+    options = dict(preset="tiny", data=str(synthetic_data), stage="none", ttt_reset=("never",),
+                   stats=StatOptions(bootstrap=20))
+    report = evaluate(EvalOptions(**options))
+    assert [run["speech"] for run in report["runs"]] == ["own", "swapped"]
+    swap = report["comparisons"][0]
+    assert swap["b"] == "model, speech swapped" and swap["overall"]["tokens"] == report["runs"][0]["tokens"]
+    assert swap["overall"]["loss"] != 0.0  # another conversation's speech changes the predictions
+    assert [g["b"] for g in report["recall"]["gaps"]] == ["model, speech swapped"]
+    assert [run["speech"] for run in evaluate(EvalOptions(**options, speech_swap=False))["runs"]] == ["own"]
