@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def command(
         directory: Path = typer.Option(Path("quickstart"), "--dir", help="Folder for every artefact."),
-        fast: bool = typer.Option(False, "--fast", help="The CI profile: 12 dialogues, 15 training steps."),
+        fast: bool = typer.Option(False, "--fast", help="The CI profile: 24 dialogues, 15 training steps."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier quickstart in --dir."),
     ) -> Any:
         from omnittt.quickstart import PROFILES, Quickstart, prepare_directory
@@ -70,10 +70,10 @@ class RichView:
             return work()
 
     # -- the steps ---------------------------------------------------------------------------------------------
-    def run_corpus(self, target: Path, dialogues: int, seed: int, recall_exchanges: int) -> Any:
+    def run_corpus(self, target: Path, dialogues: int, seed: int, recall_exchanges: int, kinds: list[str]) -> Any:
         from omnittt.cli.download import synthetic
 
-        return synthetic(target, dialogues, seed, recall_exchanges)
+        return synthetic(target, dialogues, seed, recall_exchanges, kinds)
 
     def run_preprocess(self, plan: Any, run: Callable[..., Any]) -> Any:
         from omnittt.cli.preprocess import print_plan, print_summary, run_with_progress
@@ -116,8 +116,9 @@ class RichView:
         from omnittt.cli.evaluate import render_report
         from omnittt.console import make_progress
 
-        self.console.print(f"[dim]all {self.qs.record.steps['preprocess']['conversations']} conversations: the "
-                           f"{self.qs.profile.val_conversations} held-out ones and those trained on[/dim]")
+        self.console.print(f"[dim]the {self.qs.profile.val_conversations} held-out conversations (--held-out), "
+                           "spoken by voices heard in training but never with these words; the model, the same "
+                           "with its TTT state reset every turn, and with another conversation's speech[/dim]")
         with make_progress(transient=True) as progress:
             report = work(progress)
         render_report(self.console, report)
@@ -140,10 +141,10 @@ class RichView:
         if reply.strip() == turn.expected.strip():
             self.console.print("[green]the model's reply is the corpus' reply[/green]")
         else:
-            self.console.print(f"[dim]the reply differs: a tiny model after {self.qs.profile.max_steps} steps on "
-                               f"{self.qs.record.steps['preprocess']['conversations']} conversations is not expected "
-                               f"to answer yet; train longer (omnittt resume {self.qs.paths.run} --max-steps N) and "
-                               "ask again[/dim]", highlight=False)
+            self.console.print(f"[dim]the reply differs: after {self.qs.profile.max_steps} steps the tiny model gets "
+                               "part of the held-out answers right (the eval's probe table above); train longer "
+                               f"(omnittt resume {self.qs.paths.run} --max-steps N) and ask again[/dim]",
+                               highlight=False)
         return reply
 
     # -- rendering -----------------------------------------------------------------------------------------------
