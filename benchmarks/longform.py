@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sections import replace_section
+
 from omnittt.data.longform import MARKER as MARKER_FILE
 from omnittt.data.longform import make_longform_corpus
 
@@ -135,17 +137,6 @@ def verdict(gap: dict) -> str:
     return f"{sign}; the gap does not grow with position beyond its intervals (goal not met): {figures} by bin."
 
 
-def write_section(path: Path, text: str) -> None:
-    body = path.read_text() if path.exists() else ""
-    if MARKER in body:
-        head, _, rest = body.partition(MARKER)
-        tail = rest.split("\n## ", 1)
-        body = head + text + ("\n## " + tail[1] if len(tail) > 1 else "")
-    else:
-        body = body.rstrip("\n") + "\n\n" + text
-    path.write_text(body)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="/tmp/omnittt_bench_longform")
@@ -170,7 +161,7 @@ def main() -> None:
     text = section(result)
     print(text)
     if args.write is not None:
-        write_section(args.write, text)
+        replace_section(args.write, MARKER, text)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sections import replace_section
+
 from omnittt.data.preprocess import PreprocessOptions, preprocess
 from omnittt.data.recall_corpus import RecallCorpusSpec, make_recall_corpus
 
@@ -126,10 +128,7 @@ def main() -> None:
     table = markdown(results)
     print(table)
     if args.write:
-        text = args.write.read_text()
-        head, _, rest = text.partition(MARKER)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        args.write.write_text(head + table + tail)
+        replace_section(args.write, MARKER, table)
 
 
 def markdown(results: dict) -> str:

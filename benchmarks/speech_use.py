@@ -28,6 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from sections import replace_section
+
 from omnittt.data.synthetic import VOICES
 
 HELD_OUT_VOICES = ["en-us+m7", "en-gb+f5"]
@@ -114,10 +116,7 @@ def main() -> None:
     table = markdown(results)
     print(table)
     if args.write:
-        text = args.write.read_text()
-        head, found, rest = text.partition(MARKER)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        args.write.write_text((head if found else text.rstrip() + "\n\n") + table + tail)
+        replace_section(args.write, MARKER, table)
 
 
 def _pct(value: float | None) -> str:
