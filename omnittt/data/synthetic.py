@@ -5,8 +5,8 @@ the DeepDialogue source. Used by quickstart, tests, training and eval.
 What a model can learn from it, and what eval can check (every task's answer is in the user's speech only, so a
 model that does not hear cannot give it):
 - `repeat`: the user says a few digits; the reply is the digits, written (the transcript task).
-- `numbers`: the user says a number; the reply repeats it and does arithmetic on it (the reply depends on
-  the speech, not only on the context).
+- `numbers`: the user says a number; the reply gives the next one or its double (and never writes the number
+  said, so the answer follows from the speech only).
 - `names`: the user says their name and a city; the replies use them.
 - `recall`: the user says a code in the first exchange, and the reply does not repeat it; after several filler
   exchanges they ask for it, and the reply is the code (spoken recall: what was heard, kept in the state).
@@ -91,13 +91,13 @@ def _numbers(rng: random.Random, exchanges: int) -> list[Exchange]:
     pairs = []
     for k in range(exchanges):
         n = rng.randint(1, 98)
+        # the reply never writes the number said: under teacher forcing the answer would follow from the text
         if rng.random() < 0.5:
             pairs.append(Exchange(f"My number is {number_words(n)}. What comes after it?",
-                                  f"You said {number_words(n)}. The next number is {number_words(n + 1)}.",
-                                  number_words(n + 1), k))
+                                  f"The next number is {number_words(n + 1)}.", number_words(n + 1), k))
         else:
             pairs.append(Exchange(f"Please double the number {number_words(n)}.",
-                                  f"Double {number_words(n)} is {number_words(2 * n)}.", number_words(2 * n), k))
+                                  f"Doubled, it is {number_words(2 * n)}.", number_words(2 * n), k))
     return pairs
 
 
