@@ -1,16 +1,19 @@
 """Benchmark: memory, shown through the product. From an empty folder: recall corpora (`omnittt.data.recall_corpus`),
-`omnittt preprocess`, `omnittt train` of three tiny models on the same dialogues, `omnittt eval --held-out` on new
-dialogues at growing distances and facts held, and the Memory section of BENCHMARKS.md.
+`omnittt preprocess`, `omnittt train` of three tiny models on the same dialogues (and a second phase of the TTT
+one), `omnittt eval --held-out` on new dialogues at growing distances and facts held, and the Memory section of
+BENCHMARKS.md.
 
 Models (the tiny preset, the same trainable groups: the TTT layers or the attention in those layers, plus the LLM):
 - `ttt`: TTT-MLP in layers 2-3 with a sliding attention window, scored with its state carried and with its state
   reset every turn (the control: what the state carries);
+- `ttt-long`: `ttt` trained on (`--init-from`, a fresh optimizer) for `--long-steps` more steps on dialogues whose
+  facts are asked up to 16 filler exchanges later, each dialogue in one TBPTT window;
 - `window`: attention only, the same window (what attention alone can see);
 - `full`: attention only, full attention (the upper bound attention reaches when it sees everything).
 Training dialogues mix distances (`--min-filler 0`): asked right after the fact or several exchanges later.
 Evaluation dialogues are new (another seed) and reach far beyond anything trained on.
 
-    python benchmarks/memory.py --out /tmp/omnittt_bench_memory --steps 1000 [--write BENCHMARKS.md]
+    python benchmarks/memory.py --out /tmp/omnittt_bench_memory [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from omnittt.data.recall_corpus import RecallCorpusSpec, make_recall_corpus
 
 MODELS = {
     "ttt": ["--attention-window", "{window}", "--set", "ttt_base_lr=1.0"],  # the measured recipe (docs/memory.md)
+    # phase 2: the ttt model's weights trained on further on distances up to 16 filler exchanges, one TBPTT window
+    # spanning each whole dialogue (fact -> answer), with a fresh optimizer
+    "ttt-long": ["--attention-window", "{window}", "--set", "ttt_base_lr=1.0", "--init-from", "{root}/run_ttt",
+                 "--tbptt-turns", "18", "--max-steps", "{long_steps}", "--save-every", "{long_steps}"],
     "window": ["--ttt-layers", "", "--attention-window", "{window}"],
     "full": ["--ttt-layers", ""],
 }
@@ -56,7 +63,7 @@ def train(root: Path, name: str, data: Path, args: argparse.Namespace) -> float:
     run = root / f"run_{name}"
     if (run / "checkpoints").is_dir():
         return json.loads((root / f"train_{name}.json").read_text())["seconds"]
-    extra = [a.format(window=args.window) for a in MODELS[name]]
+    extra = [a.format(window=args.window, root=root, long_steps=args.long_steps) for a in MODELS[name]]
     start = time.perf_counter()
     omnittt("train", "--preset", "tiny", "--data", str(data), "--stage", "none", "--run", str(run),
             "--ttt-mini-batch-size", str(args.mini_batch), "--tbptt-turns", "6", "--train", "ttt,projector,llm",
@@ -70,7 +77,7 @@ def train(root: Path, name: str, data: Path, args: argparse.Namespace) -> float:
 def evaluate(root: Path, name: str, data: Path, label: str) -> dict:
     out = root / f"eval_{name}_{label}.json"
     if not out.is_file():
-        resets = "both" if name == "ttt" else "never"
+        resets = "both" if name.startswith("ttt") else "never"
         omnittt("eval", "--run", str(root / f"run_{name}"), "--data", str(data), "--stage", "none", "--held-out",
                 "--ttt-reset", resets, "--batch-size", "8", "--output", str(out))
     return json.loads(out.read_text())
@@ -90,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("/tmp/omnittt_bench_memory"))
     parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--long-steps", type=int, default=300, help="steps of ttt-long, the second phase")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--mini-batch", type=int, default=16)
@@ -107,6 +115,9 @@ def main() -> None:
     train_data = dataset(args.out, "train", RecallCorpusSpec(dialogues=args.dialogues, filler=4, min_filler=0,
                                                              filler_words=6, seed=0, style=args.style),
                          args.mini_batch)
+    long_data = dataset(args.out, "train_long", RecallCorpusSpec(dialogues=2000, filler=16, min_filler=0,
+                                                                 filler_words=6, seed=3, style=args.style),
+                        args.mini_batch)
     evals = {f"filler{f}_facts1": RecallCorpusSpec(dialogues=args.eval_dialogues if f <= 64 else 30, filler=f,
                                                    filler_words=6, seed=100 + f, style=args.style)
              for f in args.fillers}
@@ -117,7 +128,8 @@ def main() -> None:
     results = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": datetime.now(timezone.utc)
                .strftime("%Y-%m-%d"), "steps": args.steps, "command": " ".join(sys.argv), "train": {}, "eval": {}}
     for name in args.models:
-        results["train"][name] = round(train(args.out, name, train_data, args), 1)
+        data = long_data if name == "ttt-long" else train_data
+        results["train"][name] = round(train(args.out, name, data, args), 1)
         for label, spec in evals.items():
             report = evaluate(args.out, name, dataset(args.out, label, spec, args.mini_batch), label)
             distance = report["recall"]["position_distance"]
