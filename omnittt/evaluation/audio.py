@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from omnittt.core.audio_objective import audio_exchange, audio_shift
-from omnittt.core.exchange_stream import ExchangeStream, model_inputs
+from omnittt.core.exchange_stream import model_inputs
 from omnittt.errors import UserError
-from omnittt.evaluation.scoring import NonFiniteEvalError, RunSpec
+from omnittt.evaluation.scoring import NonFiniteEvalError, RunSpec, exchange_steps
 from omnittt.evaluation.statistics import CI_METHOD, StatOptions, TokenScores, summarize
 
 GAP_MEANING = ("audio-objective loss with the TTT state reset every segment minus with it carried through the "
@@ -43,30 +43,18 @@ def score_audio(runs: Sequence[RunSpec], loader: Any, device: torch.device | str
                 progress: Any = None) -> list[TokenScores]:
     """Per scored speech position of every recording of `loader` (shuffle off): loss and position, per run."""
     device = torch.device(device)
-    dataset = loader.dataset
-    index_of = {conv.conversation_id: i for i, conv in enumerate(dataset.conversations)}
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in runs]
-    for run in runs:
-        run.model.eval()
-    loader.next_batch = 0
-    plan = loader.batch_plan(loader.epoch)
-    task = progress.add_task("eval", total=sum(max(dataset[i].num_exchanges for i in b) for b in plan)) \
-        if progress is not None else None
-    for batch in loader:
-        rows = torch.tensor([index_of[cid] for cid in batch.conversation_ids], dtype=torch.long)
-        streams = [ExchangeStream(run.model, run.ttt_reset) for run in runs]
-        offset = torch.zeros(len(rows), dtype=torch.long)  # real positions fed so far, per row
-        for k in range(len(batch)):
-            step = batch[k]
-            turn = step["turn_number"]
-            inputs = model_inputs(step, device)
-            for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
-                scored = audio_exchange(stream, inputs, turn)
-                parts[r].append(_items(run, scored, offset, rows, k, batch))
-            offset = offset + scored.mask.long().sum(1).cpu()
-            if task is not None:
-                progress.advance(task)
-    ids = [conv.conversation_id for conv in dataset.conversations]
+    offset = torch.zeros(0, dtype=torch.long)  # real positions fed so far, per row of the batch
+    for batch, k, rows, streams in exchange_steps(runs, loader, progress):
+        if k == 0:
+            offset = torch.zeros(len(rows), dtype=torch.long)
+        step = batch[k]
+        inputs = model_inputs(step, device)
+        for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
+            scored = audio_exchange(stream, inputs, step["turn_number"])
+            parts[r].append(_items(run, scored, offset, rows, k, batch))
+        offset = offset + scored.mask.long().sum(1).cpu()
+    ids = [conv.conversation_id for conv in loader.dataset.conversations]
     return [_scores(ids, p) for p in parts]
 
 

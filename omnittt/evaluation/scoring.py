@@ -20,7 +20,7 @@ A non-finite per-token loss is an error (`NonFiniteEvalError`), never a figure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,46 +77,54 @@ class _Collector:
         return TokenScores(conversation_ids, exchange_starts=self.exchange_starts, **arrays)
 
 
-@torch.no_grad()
-def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str = "cpu",
-               progress: Any = None) -> list[TokenScores]:
-    """Score every run on every batch of `loader` (a `ConversationLoader` with shuffle off), in lockstep."""
-    device = torch.device(device)
+def exchange_steps(runs: Sequence[RunSpec], loader: Any, progress: Any = None
+                   ) -> Iterator[tuple[Any, int, torch.Tensor, list[ExchangeStream]]]:
+    """Every exchange step of every batch of `loader` (shuffle off, from its start), in order, as `(batch, k, rows,
+    streams)`: `rows` the batch's indices into the dataset's conversations, `streams` one `ExchangeStream` per run,
+    new for each batch. The models are put in eval mode; the progress task advances once per step."""
     dataset = loader.dataset
     index_of = {conv.conversation_id: i for i, conv in enumerate(dataset.conversations)}
-    conversation_ids = [conv.conversation_id for conv in dataset.conversations]
-    collectors = [_Collector() for _ in runs]
-    models = {id(run.model): run.model for run in runs}
-    for model in models.values():
+    for model in {id(run.model): run.model for run in runs}.values():
         model.eval()
     loader.next_batch = 0
-    donors = _SpeechDonors()
     plan = loader.batch_plan(loader.epoch)
     total_steps = sum(max(dataset[i].num_exchanges for i in batch) for batch in plan)
     task = progress.add_task("eval", total=total_steps) if progress is not None else None
     for batch in loader:
         rows = torch.tensor([index_of[cid] for cid in batch.conversation_ids], dtype=torch.long)
         streams = [ExchangeStream(run.model, run.ttt_reset) for run in runs]
-        offset = torch.zeros(len(rows), dtype=torch.long)  # real positions fed so far, per row
         for k in range(len(batch)):
-            step = batch[k]
-            turn = step["turn_number"]
-            offset = torch.where(turn == 0, 0, offset)
-            inputs = model_inputs(step, device)
-            spliced: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-            swapped = donors.swap(inputs, batch.conversation_ids) if any(r.speech == "swapped" for r in runs) \
-                else inputs
-            for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
-                key = (id(run.model), run.speech)
-                if key not in spliced:  # speech encoded once per model, shared by its runs
-                    spliced[key] = stream.embed(swapped if run.speech == "swapped" else inputs)
-                embeds, mask, labels = spliced[key]
-                stream.start_exchange(turn)
-                out = stream.feed(embeds, mask)
-                _collect(collectors[r], run, out.logits, mask, labels, offset, rows, k, turn, batch)
-            offset = offset + next(iter(spliced.values()))[1].long().sum(1).cpu()
+            yield batch, k, rows, streams
             if task is not None:
                 progress.advance(task)
+
+
+@torch.no_grad()
+def score_runs(runs: Sequence[RunSpec], loader: Any, device: torch.device | str = "cpu",
+               progress: Any = None) -> list[TokenScores]:
+    """Score every run on every batch of `loader` (a `ConversationLoader` with shuffle off), in lockstep."""
+    device = torch.device(device)
+    collectors = [_Collector() for _ in runs]
+    donors = _SpeechDonors()
+    offset = torch.zeros(0, dtype=torch.long)  # real positions fed so far, per row of the batch
+    for batch, k, rows, streams in exchange_steps(runs, loader, progress):
+        step = batch[k]
+        turn = step["turn_number"]
+        offset = torch.where(turn == 0, 0, offset) if k else torch.zeros(len(rows), dtype=torch.long)
+        inputs = model_inputs(step, device)
+        spliced: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        swapped = donors.swap(inputs, batch.conversation_ids) if any(r.speech == "swapped" for r in runs) \
+            else inputs
+        for r, (run, stream) in enumerate(zip(runs, streams, strict=True)):
+            key = (id(run.model), run.speech)
+            if key not in spliced:  # speech encoded once per model, shared by its runs
+                spliced[key] = stream.embed(swapped if run.speech == "swapped" else inputs)
+            embeds, mask, labels = spliced[key]
+            stream.start_exchange(turn)
+            out = stream.feed(embeds, mask)
+            _collect(collectors[r], run, out.logits, mask, labels, offset, rows, k, turn, batch)
+        offset = offset + next(iter(spliced.values()))[1].long().sum(1).cpu()
+    conversation_ids = [conv.conversation_id for conv in loader.dataset.conversations]
     return [c.finish(conversation_ids) for c in collectors]
 
 
