@@ -237,18 +237,20 @@ def test_trained_model_vs_baseline_report(trained_runs, synthetic_data, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     check_report_finite(report)
-    assert [r["name"] for r in report["runs"]] == ["model", "model, TTT reset every turn", "baseline"]
-    assert report["runs"][2]["ttt_layers"] == [] and report["runs"][0]["ttt_layers"] == [2, 3]
+    assert [r["name"] for r in report["runs"]] == ["model", "model, TTT reset every turn", "model, speech swapped",
+                                                   "baseline"]
+    assert report["runs"][3]["ttt_layers"] == [] and report["runs"][0]["ttt_layers"] == [2, 3]
     assert report["step"] == report["baseline_step"] == 30
     tokens = {r["overall"]["tokens"] for r in report["runs"]}
     assert len(tokens) == 1 and tokens.pop() == len(_independent_positions(_loader(synthetic_data).dataset))
     for run in report["runs"]:
         assert run["overall"]["loss"] < math.log(VOCAB) * 0.9 and run["verdict"].startswith("below")
         assert len(run["buckets"]) == len(report["buckets"])
-    assert [c["b"] for c in report["comparisons"]] == ["model, TTT reset every turn", "baseline"]
+    controls = ["model, TTT reset every turn", "model, speech swapped", "baseline"]
+    assert [c["b"] for c in report["comparisons"]] == controls
     recall = report["recall"]
-    assert recall["dialogues"] == 3 and [g["b"] for g in recall["gaps"]] == ["model, TTT reset every turn",
-                                                                            "baseline"]
+    by_task = {row["distance"]: row["dialogues"] for row in recall["runs"][0]["by_task"]}
+    assert by_task["recall"] == 3 and [g["b"] for g in recall["gaps"]] == controls
     assert "recall probe" in result.output and "loss vs position" in result.output
 
 
